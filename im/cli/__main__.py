@@ -1,0 +1,3 @@
+from im.cli import main
+
+main()

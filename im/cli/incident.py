@@ -1,0 +1,223 @@
+"""``im incident ...``: create, update, comment on and read platform incidents."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+from im import incidents
+from im.cli.context import app
+from im.cli.output import emit_object, emit_rows, format_option
+from im.model import Incident, Priority, Severity, Status
+from im.sync.outbound import Queued
+
+INCIDENT_COLUMNS = ("id", "status", "severity", "priority", "title", "assigned_to", "updated_at")
+
+
+def incident_json(incident: Incident) -> dict[str, Any]:
+    return {**asdict(incident), "id": incident.display_id}
+
+
+def _queued_json(queued: list[Queued]) -> list[dict[str, Any]]:
+    return [
+        {
+            "integration": q.integration,
+            "operation": q.operation,
+            "fields": list(q.fields),
+            "journal_entries": q.journal,
+            "merged": q.merged,
+        }
+        for q in queued
+    ]
+
+
+def _report(change: incidents.Change, verb: str, fmt: str) -> None:
+    if fmt != "table":
+        emit_object(
+            {
+                "incident": incident_json(change.incident),
+                "changes": [{"field": f, "old": o, "new": n} for f, o, n in change.changes],
+                "queued": _queued_json(change.queued),
+            },
+            fmt,
+        )
+        return
+    incident = change.incident
+    if not change.changes:
+        click.echo(f"{incident.display_id} unchanged")
+        return
+    click.echo(f"{verb} {incident.display_id}: {incident.title}")
+    if verb == "updated":
+        for field, old, new in change.changes:
+            click.echo(f"  {field}: {old or '(empty)'} -> {new or '(empty)'}")
+    for q in change.queued:
+        what = ", ".join(q.fields)
+        if q.journal:
+            what = ", ".join(
+                filter(None, [what, f"{q.journal} journal entr{'y' if q.journal == 1 else 'ies'}"])
+            )
+        merged = " (merged into the waiting change)" if q.merged else ""
+        click.echo(f"  queued for {q.integration}: {q.operation} of {what}{merged}")
+    if not change.queued:
+        click.echo("  queued for no integration")
+
+
+def _field_options(func: Any) -> Any:
+    options = [
+        click.option("--title", help="Short summary, 1-255 characters."),
+        click.option("--description", help="Longer text."),
+        click.option(
+            "--severity", type=click.Choice([s.value for s in Severity]), help="sev1 is worst."
+        ),
+        click.option(
+            "--priority", type=click.Choice([p.value for p in Priority]), help="p1 is highest."
+        ),
+        click.option("--assigned-to", help='Assignee email ("" to unassign).'),
+        click.option("--escalation-policy", help='Escalation policy id ("" to clear).'),
+        click.option("--commander", help='Principal commanding the incident ("" to clear).'),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _given(**values: str | None) -> dict[str, str]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+@click.group()
+def incident() -> None:
+    """Create, update and read platform incidents."""
+
+
+@incident.command()
+@_field_options
+@format_option
+def create(fmt: str, **values: str | None) -> None:
+    """Create an incident (status triggered; severity sev3 and priority p3 unless given).
+
+    It is queued for every integration whose direction allows outbound, with every field
+    that integration maps.
+    """
+    ctx = app()
+    change = incidents.create(ctx.db, ctx.clock, ctx.principal, _given(**values))
+    _report(change, "created", fmt)
+
+
+@incident.command()
+@click.argument("incident_id", metavar="INC-N")
+@_field_options
+@click.option("--status", type=click.Choice([s.value for s in Status]), help="New status.")
+@format_option
+def update(incident_id: str, fmt: str, **values: str | None) -> None:
+    """Change fields of an incident.
+
+    Status moves forward (triggered, acknowledged, resolved, closed), may skip steps, and
+    goes back only from resolved to triggered (reopen); closed is final.
+    """
+    ctx = app()
+    change = incidents.update(ctx.db, ctx.clock, ctx.principal, incident_id, _given(**values))
+    _report(change, "updated", fmt)
+
+
+@incident.command()
+@click.argument("incident_id", metavar="INC-N")
+@click.argument("text")
+@click.option("--work-note", is_flag=True, help="An internal work note instead of a comment.")
+@format_option
+def comment(incident_id: str, text: str, work_note: bool, fmt: str) -> None:
+    """Add a comment (customer-visible) or, with --work-note, an internal work note.
+
+    TEXT "-" reads the text from standard input.
+    """
+    body = sys.stdin.read() if text == "-" else text
+    ctx = app()
+    kind = "work_notes" if work_note else "comments"
+    change = incidents.comment(ctx.db, ctx.clock, ctx.principal, incident_id, kind, body)
+    _report(change, "commented on", fmt)
+
+
+@incident.command()
+@click.argument("incident_id", metavar="INC-N")
+@format_option
+def show(incident_id: str, fmt: str) -> None:
+    """Show an incident, its journal, its links and what is queued for which integration."""
+    ctx = app()
+    details = incidents.details(ctx.db, incident_id)
+    queued = [
+        {
+            "integration": row["integration"],
+            "operation": row["operation"],
+            "state": row["state"],
+            "fields": sorted(row["fields"]),
+            "journal_entries": len(row["journal"]),
+            "attempts": row["attempts"],
+            "next_attempt_at": row["next_attempt_at"],
+        }
+        for row in details["queued"]
+    ]
+    if fmt != "table":
+        emit_object(
+            {
+                **incident_json(details["incident"]),
+                "journal": details["journal"],
+                "links": details["links"],
+                "queued": queued,
+            },
+            fmt,
+        )
+        return
+    emit_object(incident_json(details["incident"]), fmt)
+    for entry in details["journal"]:
+        label = "work note" if entry["kind"] == "work_notes" else "comment"
+        click.echo(f"\n{label} by {entry['actor']} at {entry['created_at']} ({entry['source']}):")
+        click.echo(f"  {entry['body']}")
+    if details["links"]:
+        click.echo("\nlinked:")
+        emit_rows(details["links"], ("integration", "external_id", "external_key", "state"), fmt)
+    click.echo("\nqueued:" if queued else "\nqueued: nothing")
+    if queued:
+        emit_rows(
+            queued,
+            (
+                "integration",
+                "operation",
+                "state",
+                "fields",
+                "journal_entries",
+                "attempts",
+                "next_attempt_at",
+            ),
+            fmt,
+        )
+
+
+@incident.command("list")
+@click.option(
+    "--limit",
+    type=int,
+    default=incidents.DEFAULT_LIST_LIMIT,
+    show_default=True,
+    help="How many, newest first.",
+)
+@click.option("--all", "show_all", is_flag=True, help="Every incident.")
+@click.option("--status", type=click.Choice([s.value for s in Status]), help="Only this status.")
+@format_option
+def list_(limit: int, show_all: bool, status: str | None, fmt: str) -> None:
+    """List incidents, newest first (the newest 50 unless --limit or --all)."""
+    ctx = app()
+    found = incidents.listing(ctx.db, None if show_all else limit, status)
+    emit_rows([incident_json(i) for i in found], INCIDENT_COLUMNS, fmt)
+
+
+@incident.command()
+@click.argument("incident_id", metavar="INC-N")
+@format_option
+def history(incident_id: str, fmt: str) -> None:
+    """Every change of an incident: field, old and new value, source, actor, time."""
+    ctx = app()
+    _, changes = incidents.history(ctx.db, incident_id)
+    emit_rows(changes, ("changed_at", "field", "old_value", "new_value", "source", "actor"), fmt)

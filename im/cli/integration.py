@@ -1,0 +1,195 @@
+"""``im integration ...``: connections to external systems and their field rules."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from im.cli import secret_input
+from im.cli.context import app
+from im.cli.field_rules import field_mapping, field_ownership
+from im.cli.output import emit_object, emit_rows, format_option, note, warn
+from im.config import integrations as config
+from im.config.integrations import IntegrationInput
+from im.connectors import TYPES
+from im.errors import UsageError
+from im.model import ConflictStrategy, Direction
+
+SETTING_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("--username", "ServiceNow: the integration account's user name."),
+    ("--assignment-group", "ServiceNow scope: the assignment group this integration owns."),
+    ("--scope-query", "ServiceNow scope: an encoded query records must match."),
+    ("--correlation-field", "ServiceNow: column holding the correlation key (correlation_id)."),
+    ("--close-code", "ServiceNow: close_code sent on resolve (Solved (Permanently))."),
+    ("--close-notes", "ServiceNow: close_notes sent on resolve."),
+    ("--email", "Jira: the account email that owns the API token."),
+    ("--project", "Jira scope: the project key (e.g. OPS)."),
+    ("--jql", "Jira scope: extra JQL records must match."),
+    ("--issue-type", "Jira: issue type of created issues (Incident)."),
+    ("--severity-field", "Jira: the severity custom field (customfield_N)."),
+    ("--client-key", "Jira: the Connect client key (JWT iss) of inbound webhooks."),
+    ("--from-email", "PagerDuty: the From header of writes (a user's email)."),
+    ("--service", "PagerDuty scope: the service id (e.g. PSVC001)."),
+    ("--escalation-policy", "PagerDuty: escalation policy id used when unassigned."),
+)
+SECRET_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("--password", "ServiceNow password ($IM_PASSWORD; - prompts)."),
+    ("--api-token", "Jira or PagerDuty API token ($IM_API_TOKEN; - prompts)."),
+    ("--webhook-secret", "Secret that signs inbound webhooks ($IM_WEBHOOK_SECRET; - prompts)."),
+)
+
+
+def _connection_options(func: Any) -> Any:
+    options = [
+        click.option("--url", help="Base URL: https://, or http:// on loopback."),
+        *[click.option(flag, help=text) for flag, text in SETTING_OPTIONS],
+        *[
+            option
+            for flag, text in SECRET_OPTIONS
+            for option in (
+                click.option(flag, help=text),
+                click.option(
+                    f"{flag}-file",
+                    type=click.Path(dir_okay=False),
+                    help=f"Read {flag[2:]} from a file.",
+                ),
+            )
+        ],
+        click.option(
+            "--direction",
+            type=click.Choice([d.value for d in Direction]),
+            help="outbound (new integrations), inbound or bidirectional.",
+        ),
+        click.option(
+            "--conflict-strategy",
+            type=click.Choice([c.value for c in ConflictStrategy]),
+            help="How simultaneous edits are decided.",
+        ),
+        click.option("--conflict-window", help="Edits this close together conflict (5s)."),
+        click.option("--rate-limit", help="Client-side pacing: N/s, N/m or off."),
+        click.option(
+            "--rate-limit-backoff/--no-rate-limit-backoff",
+            default=None,
+            help="Honour 429 and Retry-After (on).",
+        ),
+        click.option(
+            "--enable/--disable",
+            "enabled",
+            default=None,
+            help="A disabled integration sends and applies nothing.",
+        ),
+        click.option("--ca-bundle", help="PEM file of CAs to trust (private CAs)."),
+        click.option(
+            "--allow-insecure-http",
+            is_flag=True,
+            default=None,
+            help="Allow plain http to a non-loopback host.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _input(kind: str, values: dict[str, Any], creating: bool) -> IntegrationInput:
+    secret_names = [flag[2:].replace("-", "_") for flag, _ in SECRET_OPTIONS]
+    secrets = secret_input.gather(
+        kind,
+        {n: values.pop(n) for n in secret_names},
+        {n: values.pop(f"{n}_file") for n in secret_names},
+        creating,
+    )
+    setting_names = [flag[2:].replace("-", "_") for flag, _ in SETTING_OPTIONS]
+    settings = {n: values.pop(n) for n in setting_names}
+    return IntegrationInput(settings=settings, secrets=secrets, **values)
+
+
+def _report(outcome: config.Outcome) -> None:
+    for warning in outcome.warnings:
+        warn(warning)
+    for line in outcome.changes:
+        click.echo(line)
+
+
+@click.group()
+def integration() -> None:
+    """Connections to ServiceNow, Jira Service Management and PagerDuty."""
+
+
+integration.add_command(field_ownership)
+integration.add_command(field_mapping)
+
+
+@integration.command()
+@click.argument("name")
+@click.option(
+    "--type", "kind", type=click.Choice(TYPES), required=True, help="The external system."
+)
+@_connection_options
+def create(name: str, kind: str, **values: Any) -> None:
+    """Create an integration NAME (it starts outbound, with the type's default ownership).
+
+    Secrets not given as options are taken from their environment variable, or asked for
+    with a hidden prompt. Nothing is sent until the daemon runs.
+    """
+    ctx = app()
+    config.check_name(name)
+    db = ctx.db
+    inp = _input(kind, values, creating=True)
+    _report(config.create(db, ctx.clock, ctx.principal, name, kind, inp))
+
+
+@integration.command()
+@click.argument("name")
+@_connection_options
+def configure(name: str, **values: Any) -> None:
+    """Change an integration's settings. A secret changes only when its option is given.
+
+    Switching to --direction inbound cancels its waiting outbound changes.
+    """
+    ctx = app()
+    current = config.find(ctx.db, name)
+    outcome = config.configure(
+        ctx.db, ctx.clock, ctx.principal, name, _input(current["type"], values, creating=False)
+    )
+    _report(outcome)
+    if not outcome.changes:
+        click.echo(f"{current['name']} unchanged")
+
+
+@integration.command()
+@click.argument("name")
+@format_option
+def get(name: str, fmt: str) -> None:
+    """Show an integration's settings; secrets only as set / not set."""
+    ctx = app()
+    emit_object(config.view(ctx.db, config.find(ctx.db, name)), fmt)
+
+
+@integration.command("list")
+@format_option
+def list_(fmt: str) -> None:
+    """List integrations."""
+    ctx = app()
+    from im.store import integrations as rows
+
+    views = [config.view(ctx.db, row) for row in rows.all_rows(ctx.db)]
+    columns = ("id", "name", "type", "enabled", "direction", "conflict_strategy", "url")
+    emit_rows(views, columns, fmt)
+
+
+@integration.command()
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(name: str, yes: bool) -> None:
+    """Delete an integration with its secrets, rules, links and unsent changes."""
+    ctx = app()
+    current = config.find(ctx.db, name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"deleting {current['name']} needs confirmation", "pass --yes")
+        click.confirm(f"Delete integration {current['name']}?", abort=True)
+    _report(config.delete(ctx.db, name))
+    note("external records are left as they are")

@@ -1,0 +1,108 @@
+"""The SQLite store: one database file holds all state. Plain functions, one module per table
+family; every write happens inside ``write(db)``."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from im.clock import Clock, format_time
+from im.errors import DatabaseError
+from im.model import Role
+from im.security.secrets import MasterKey, new_database_key
+from im.store import meta, principals, schema
+from im.store.db import connect, create_file, database_path, enable_wal, write
+
+__all__ = ["InitResult", "database_path", "initialise", "open_database", "write"]
+
+
+def open_database(path: Path) -> Database:
+    """Open an initialised database, bringing its schema up to date. Raises DatabaseError."""
+    db = connect(path)
+    if not db["_sqlite_migrations"].exists():
+        tables = db.table_names()
+        raise DatabaseError(
+            f"{path} is not an im database" if tables else f"{path} was never initialised",
+            "run `im init` for a new database, or pass the right --db PATH",
+        )
+    if schema.pending(db):
+        with write(db):
+            if schema.pending(db):  # another process may have migrated while we waited
+                schema.apply(db)
+    meta.require(db, "install_id")
+    return db
+
+
+@dataclass(frozen=True)
+class InitResult:
+    db: Database
+    path: Path
+    created: bool
+    install_id: str
+    key_source: str
+    key_id: str
+    granted_to: str | None
+
+
+def initialise(path: Path, clock: Clock, principal: str) -> InitResult:
+    """Create and initialise the database at ``path``, or open it when it exists already.
+
+    Only a new database makes ``principal`` an administrator. Nothing is left behind when
+    creation fails. Raises DatabaseError, SecretError.
+    """
+    if path.exists() and path.stat().st_size > 0:
+        db = open_database(path)
+        return InitResult(
+            db,
+            path,
+            False,
+            meta.require(db, "install_id"),
+            meta.require(db, "key_source"),
+            meta.require(db, "key_id"),
+            None,
+        )
+    key = new_database_key()  # before the file exists: a key error leaves nothing behind
+    try:
+        create_file(path)
+    except FileExistsError:
+        pass  # an empty file (for example one made by mktemp) is ours to fill
+    except OSError as exc:
+        raise DatabaseError(f"cannot create the database {path}: {exc.strerror}") from None
+    try:
+        db = connect(path)
+        enable_wal(db)
+        if not _populate(db, key, clock, principal):
+            return initialise(path, clock, principal)  # another `im init` got there first
+    except BaseException:
+        _remove(path)
+        raise
+    install_id = meta.require(db, "install_id")
+    return InitResult(db, path, True, install_id, recorded_source(key), key.key_id, principal)
+
+
+def _populate(db: Database, key: MasterKey, clock: Clock, principal: str) -> bool:
+    """Fill a new database. False when another process initialised it while we waited."""
+    now = format_time(clock.now())
+    with write(db):
+        if db["meta"].exists() and meta.get(db, "install_id") is not None:
+            return False
+        schema.apply(db)
+        meta.put(db, "install_id", uuid.uuid4().hex[:12])
+        meta.put(db, "created_at", now)
+        meta.put(db, "key_source", recorded_source(key))
+        meta.put(db, "key_id", key.key_id)
+        principals.grant(db, principal, Role.ADMINISTRATOR, "", "im init", now)
+    return True
+
+
+def recorded_source(key: MasterKey) -> str:
+    """What the database records about where its key lives: env, keyring, or the file path."""
+    return key.location if key.source == "file" else key.source
+
+
+def _remove(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,177 @@
+"""Opening the one SQLite database: location, file modes, PRAGMAs, write transactions.
+
+Every write runs in ``write(db)``, which starts with ``BEGIN IMMEDIATE``: with several
+processes (CLI, daemon, cron) writing, a deferred ``BEGIN`` that later upgrades to a write
+lock fails with "database is locked" instead of waiting (NOTES.md). A writer waits up to the
+busy timeout (5 s by default, ``$IM_BUSY_TIMEOUT`` seconds) and only then fails, naming the
+processes that have the database open.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from sqlite_utils import Database
+
+from im.errors import DatabaseBusyError, DatabaseError
+
+DEFAULT_BUSY_TIMEOUT = 5.0
+
+
+def database_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``--db PATH``, else ``$IM_DB``, else ``<user data dir>/im.db``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get("IM_DB"):
+        return Path(os.environ["IM_DB"]).expanduser()
+    return Path(platformdirs.user_data_dir("im", appauthor=False)) / "im.db"
+
+
+def busy_timeout() -> float:
+    raw = os.environ.get("IM_BUSY_TIMEOUT")
+    if not raw:
+        return DEFAULT_BUSY_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DatabaseError(f"IM_BUSY_TIMEOUT must be a number of seconds, not {raw!r}") from None
+    return max(value, 0.0)
+
+
+def create_file(path: Path) -> None:
+    """Create an empty database file with mode 0600 (its directory 0700 when we make it)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+
+
+def connect(path: Path) -> Database:
+    """Open an existing database file. Raises DatabaseError when it is missing or not SQLite."""
+    if not path.exists():
+        raise DatabaseError(
+            f"no database at {path}", "run `im init` first, or pass --db PATH / set IM_DB"
+        )
+    try:
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves (see write()).
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout(), isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout() * 1000)}")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(
+            f"cannot open database {path}: {exc}",
+            "check the path and its permissions, or run `im init --db NEW_PATH`",
+        ) from None
+    return Database(conn)
+
+
+def enable_wal(db: Database) -> None:
+    """WAL is a property of the file: set once when the database is created."""
+    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise DatabaseError(f"could not switch the database to WAL mode (got {mode})")
+
+
+@contextmanager
+def write(db: Database) -> Iterator[Database]:
+    """One write transaction, started with BEGIN IMMEDIATE, committed or rolled back whole.
+
+    Nested calls join the outer transaction (sqlite-utils' atomic() uses savepoints inside it).
+    Raises DatabaseBusyError when the write lock is not had within the busy timeout.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise busy_error(db, exc) from None
+    try:
+        yield db
+    except BaseException:
+        db.rollback()
+        raise
+    try:
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        db.rollback()
+        raise busy_error(db, exc) from None
+
+
+def insert_row(db: Database, table: str, values: dict[str, Any]) -> int:
+    """Insert one row (inside the caller's write transaction) and return its id."""
+    pk = db.table(table).insert(values).last_pk
+    if pk is None:
+        raise DatabaseError(f"inserting into {table} returned no id")
+    return int(pk)
+
+
+def busy_error(db: Database, exc: sqlite3.OperationalError) -> DatabaseError:
+    """Turn SQLite's "database is locked" into an error that says who else has the file open."""
+    text = str(exc)
+    if "locked" not in text and "busy" not in text:
+        return DatabaseError(f"database error: {text}")
+    path = database_file(db)
+    holders = ", ".join(_processes_with_open(path)) if path else ""
+    return DatabaseBusyError(
+        f"the database is locked by another process after waiting {busy_timeout():g} s"
+        + (f" (open in: {holders})" if holders else ""),
+        "retry when it finishes, or raise IM_BUSY_TIMEOUT",
+    )
+
+
+def database_file(db: Database) -> Path | None:
+    for _, name, filename in db.execute("PRAGMA database_list").fetchall():
+        if name == "main" and filename:
+            return Path(filename)
+    return None
+
+
+def _processes_with_open(path: Path) -> list[str]:
+    """Other processes that have the database (or its WAL) open: ``pid 123 (im daemon)``.
+
+    Linux only (reads /proc); elsewhere it names nobody rather than guessing.
+    """
+    targets = {str(path), f"{path}-wal", f"{path}-shm"}
+    found: list[str] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+            if not any(os.readlink(fd) in targets for fd in fds):
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        command = " ".join(_short_command(argv))
+        found.append(f"pid {entry.name} ({command})" if command else f"pid {entry.name}")
+    return sorted(found)
+
+
+def _short_command(argv: list[bytes]) -> list[str]:
+    words = [a.decode(errors="replace") for a in argv if a]
+    if words and Path(words[0]).name.startswith("python") and len(words) > 1:
+        words = words[1:]
+    if words:
+        words[0] = Path(words[0]).name
+    # Only the command words: options may carry secrets (`--password x`) and are never shown.
+    shown: list[str] = []
+    for word in words[:3]:
+        if word.startswith("-"):
+            break
+        shown.append(word)
+    return shown

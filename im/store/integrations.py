@@ -1,0 +1,155 @@
+"""Rows of integrations and what hangs off them: sealed secrets, ownership rules, mapping
+overrides. Functions that write must be called inside store.write()."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlite_utils import Database
+
+from im.model import Override, Owner, Rule
+from im.store.db import insert_row
+
+COLUMNS = (
+    "id, name, type, url, enabled, direction, conflict_strategy, conflict_window, rate_limit, "
+    "rate_limit_backoff, ca_bundle, allow_insecure_http, settings, created_at, updated_at, "
+    "created_by"
+)
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    row["settings"] = json.loads(row["settings"])
+    row["enabled"] = bool(row["enabled"])
+    row["rate_limit_backoff"] = bool(row["rate_limit_backoff"])
+    row["allow_insecure_http"] = bool(row["allow_insecure_http"])
+    return row
+
+
+def find(db: Database, name_or_id: str) -> dict[str, Any] | None:
+    """An integration by name, or by id when ``name_or_id`` is all digits."""
+    key = name_or_id.strip()
+    column = "id" if key.isdigit() else "name"
+    rows = list(db.query(f"SELECT {COLUMNS} FROM integrations WHERE {column} = ?", [key]))
+    return _decode(rows[0]) if rows else None
+
+
+def all_rows(db: Database) -> list[dict[str, Any]]:
+    return [_decode(r) for r in db.query(f"SELECT {COLUMNS} FROM integrations ORDER BY id")]
+
+
+def names(db: Database) -> list[str]:
+    return [r["name"] for r in db.query("SELECT name FROM integrations ORDER BY name")]
+
+
+def _encode(values: dict[str, Any]) -> dict[str, Any]:
+    if "settings" not in values:
+        return values
+    return dict(values, settings=json.dumps(values["settings"], sort_keys=True))
+
+
+def insert(db: Database, row: dict[str, Any]) -> int:
+    return insert_row(db, "integrations", _encode(row))
+
+
+def update(db: Database, integration_id: int, changes: dict[str, Any]) -> None:
+    if changes:
+        db.table("integrations").update(integration_id, _encode(changes))
+
+
+def delete(db: Database, integration_id: int) -> None:
+    db.execute("DELETE FROM integrations WHERE id = ?", [integration_id])
+
+
+# Secrets: sealed blobs only; opening them is security.secrets' business.
+
+
+def put_secret(
+    db: Database, integration_id: int, name: str, sealed: bytes, key: str, at: str
+) -> None:
+    db.execute(
+        "INSERT INTO integration_secrets (integration_id, name, sealed, key_id, updated_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(integration_id, name) DO UPDATE SET "
+        "sealed = excluded.sealed, key_id = excluded.key_id, updated_at = excluded.updated_at",
+        [integration_id, name, sealed, key, at],
+    )
+
+
+def secret_status(db: Database, integration_id: int) -> dict[str, str]:
+    """Secret name -> when it was last set. Never the value."""
+    return {
+        r["name"]: r["updated_at"]
+        for r in db.query(
+            "SELECT name, updated_at FROM integration_secrets WHERE integration_id = ?",
+            [integration_id],
+        )
+    }
+
+
+def sealed_secret(db: Database, integration_id: int, name: str) -> bytes | None:
+    row = db.execute(
+        "SELECT sealed FROM integration_secrets WHERE integration_id = ? AND name = ?",
+        [integration_id, name],
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+# Field ownership rules.
+
+
+def rules(db: Database, integration_id: int) -> dict[str, Rule]:
+    return {
+        r["field"]: Rule(r["field"], Owner(r["owner"]), r["priority"], bool(r["is_default"]))
+        for r in db.query(
+            "SELECT field, owner, priority, is_default FROM field_ownership "
+            "WHERE integration_id = ?",
+            [integration_id],
+        )
+    }
+
+
+def put_rule(db: Database, integration_id: int, rule: Rule) -> None:
+    db.execute(
+        "INSERT INTO field_ownership (integration_id, field, owner, priority, is_default) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(integration_id, field) DO UPDATE SET "
+        "owner = excluded.owner, priority = excluded.priority, is_default = excluded.is_default",
+        [integration_id, rule.field, rule.owner.value, rule.priority, int(rule.is_default)],
+    )
+
+
+def delete_rule(db: Database, integration_id: int, field: str) -> bool:
+    cursor = db.execute(
+        "DELETE FROM field_ownership WHERE integration_id = ? AND field = ?",
+        [integration_id, field],
+    )
+    return cursor.rowcount == 1
+
+
+# Field mapping overrides.
+
+
+def overrides(db: Database, integration_id: int) -> dict[str, Override]:
+    return {
+        r["field"]: Override(r["external_field"], json.loads(r["value_map"]))
+        for r in db.query(
+            "SELECT field, external_field, value_map FROM field_mappings WHERE integration_id = ?",
+            [integration_id],
+        )
+    }
+
+
+def put_override(db: Database, integration_id: int, field: str, override: Override) -> None:
+    db.execute(
+        "INSERT INTO field_mappings (integration_id, field, external_field, value_map) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT(integration_id, field) DO UPDATE SET "
+        "external_field = excluded.external_field, value_map = excluded.value_map",
+        [integration_id, field, override.external_field, json.dumps(dict(override.values))],
+    )
+
+
+def delete_override(db: Database, integration_id: int, field: str) -> bool:
+    cursor = db.execute(
+        "DELETE FROM field_mappings WHERE integration_id = ? AND field = ?",
+        [integration_id, field],
+    )
+    return cursor.rowcount == 1

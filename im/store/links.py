@@ -1,0 +1,28 @@
+"""Links between a platform incident and its record in one external system."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlite_utils import Database
+
+
+def find(db: Database, incident_id: int, integration_id: int) -> dict[str, Any] | None:
+    rows = list(
+        db.query(
+            "SELECT * FROM links WHERE incident_id = ? AND integration_id = ?",
+            [incident_id, integration_id],
+        )
+    )
+    return rows[0] if rows else None
+
+
+def for_incident(db: Database, incident_id: int) -> list[dict[str, Any]]:
+    return list(
+        db.query(
+            "SELECT l.external_id, l.external_key, l.state, l.created_at, i.name AS integration "
+            "FROM links l JOIN integrations i ON i.id = l.integration_id "
+            "WHERE l.incident_id = ? ORDER BY i.name",
+            [incident_id],
+        )
+    )

@@ -1,0 +1,156 @@
+"""Schema versions. Each capability adds its own migration to the end of this set; a
+migration, once released, is never edited."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+MIGRATIONS = Migrations("im")
+
+
+def _run(db: Database, script: str) -> None:
+    """Run each statement of ``script`` inside the caller's transaction.
+
+    (``executescript`` would first COMMIT it, so a failing migration could leave half a schema.)
+    """
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+@MIGRATIONS(name="0001_foundation")
+def _foundation(db: Database) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE incidents (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            title TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            severity TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            status TEXT NOT NULL,
+            assigned_to TEXT NOT NULL DEFAULT '',
+            escalation_policy TEXT NOT NULL DEFAULT '',
+            commander TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            created_by TEXT NOT NULL
+        );
+        CREATE INDEX incidents_status ON incidents(status);
+        CREATE TABLE journal_entries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('work_notes', 'comments')),
+            body TEXT NOT NULL,
+            source TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX journal_entries_incident ON journal_entries(incident_id, id);
+        CREATE TABLE field_changes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+            field TEXT NOT NULL,
+            old_value TEXT,
+            new_value TEXT,
+            source TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            changed_at TEXT NOT NULL
+        );
+        CREATE INDEX field_changes_incident ON field_changes(incident_id, id);
+        CREATE TABLE integrations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL CHECK (type IN ('servicenow', 'jira', 'pagerduty')),
+            url TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            direction TEXT NOT NULL DEFAULT 'outbound',
+            conflict_strategy TEXT NOT NULL DEFAULT 'last-write-wins',
+            conflict_window REAL NOT NULL DEFAULT 5.0,
+            rate_limit REAL,
+            rate_limit_backoff INTEGER NOT NULL DEFAULT 1,
+            ca_bundle TEXT,
+            allow_insecure_http INTEGER NOT NULL DEFAULT 0,
+            settings TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            created_by TEXT NOT NULL
+        );
+        CREATE TABLE integration_secrets (
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            sealed BLOB NOT NULL,
+            key_id TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (integration_id, name)
+        );
+        CREATE TABLE field_ownership (
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            field TEXT NOT NULL,
+            owner TEXT NOT NULL CHECK (owner IN ('platform', 'external')),
+            priority INTEGER NOT NULL DEFAULT 0,
+            is_default INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (integration_id, field)
+        );
+        CREATE TABLE field_mappings (
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            field TEXT NOT NULL,
+            external_field TEXT NOT NULL,
+            value_map TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (integration_id, field)
+        );
+        CREATE TABLE links (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            external_id TEXT NOT NULL,
+            external_key TEXT,
+            state TEXT NOT NULL DEFAULT 'linked',
+            created_at TEXT NOT NULL,
+            UNIQUE (incident_id, integration_id),
+            UNIQUE (integration_id, external_id)
+        );
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            operation TEXT NOT NULL CHECK (operation IN ('create', 'update')),
+            fields TEXT NOT NULL DEFAULT '{}',
+            journal TEXT NOT NULL DEFAULT '[]',
+            correlation_key TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            lease_until TEXT,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+        CREATE INDEX outbox_pair ON outbox(incident_id, integration_id, state);
+        CREATE TABLE role_bindings (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            principal TEXT NOT NULL,
+            role TEXT NOT NULL,
+            scope TEXT NOT NULL DEFAULT '',
+            granted_by TEXT NOT NULL,
+            granted_at TEXT NOT NULL,
+            UNIQUE (principal, role, scope)
+        );
+        """,
+    )
+
+
+def pending(db: Database) -> list[str]:
+    return [m.name for m in MIGRATIONS.pending(db)]
+
+
+def apply(db: Database) -> None:
+    """Apply pending migrations. Call inside store.write() so two processes never race."""
+    MIGRATIONS.apply(db)

@@ -1,0 +1,105 @@
+"""The Outbound Sync Service, enqueue side (SPEC §3, §4): in the transaction that changes an
+incident, one outbox row per integration that should receive the change.
+
+Who receives what: an integration whose direction allows outbound gets the changed fields it
+maps and does not leave to the external side; the first row of an unlinked incident creates
+the external record with every mapped non-empty field. A newer change to a pair with a row
+still waiting is merged into that row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlite_utils import Database
+
+from im.config import mapping, ownership
+from im.model import JOURNAL_FIELDS, Direction, Incident
+from im.store import integrations as integration_rows
+from im.store import links, meta
+from im.store import outbox as rows
+
+
+@dataclass(frozen=True)
+class Queued:
+    integration: str
+    operation: str  # create | update
+    fields: tuple[str, ...]
+    journal: int  # how many journal entries
+    merged: bool  # coalesced into a row that was already waiting
+
+
+def correlation_key(install_id: str, incident_id: int) -> str:
+    """The key that makes creation idempotent: ``im:<install-id>:INC-<n>``."""
+    return f"im:{install_id}:INC-{incident_id}"
+
+
+def enqueue(
+    db: Database,
+    incident: Incident,
+    changed: list[str],
+    journal: list[tuple[int, str]],
+    now: str,
+    exclude_integration: int | None = None,
+) -> list[Queued]:
+    """Queue ``changed`` fields and ``journal`` entries (id, kind) of ``incident`` for every
+    integration that should receive them. Call inside the incident's write transaction.
+
+    ``exclude_integration`` is the integration a change came from (it is not sent back).
+    """
+    queued: list[Queued] = []
+    install_id = meta.require(db, "install_id")
+    for integration in integration_rows.all_rows(db):
+        if integration["id"] == exclude_integration:
+            continue
+        direction = Direction(integration["direction"])
+        if not direction.sends:
+            continue
+        table = mapping.mappings(
+            integration["type"],
+            integration["settings"],
+            integration_rows.overrides(db, integration["id"]),
+        )
+        synced = [name for name, fm in table.items() if fm.synced]
+        scalars = [name for name in synced if name not in JOURNAL_FIELDS]
+        rules = integration_rows.rules(db, integration["id"])
+        creating = links.find(db, incident.id, integration["id"]) is None and not (
+            rows.live_create_exists(db, incident.id, integration["id"])
+        )
+        waiting = rows.waiting_row(db, incident.id, integration["id"])
+        if creating:
+            send = [f for f in scalars if incident.value(f)]
+        elif waiting is not None and waiting["operation"] == "create":
+            # The record does not exist yet: its create will carry the newest values.
+            send = [f for f in changed if f in scalars]
+        else:
+            send = ownership.outbound_fields(direction, rules, scalars, changed, creating=False)
+        entries = [
+            entry_id
+            for entry_id, kind in journal
+            if kind in synced and ownership.pushes(direction, rules.get(kind))
+        ]
+        if not send and not entries:
+            continue
+        fields = {f: incident.value(f) for f in send}
+        if waiting is not None and not creating:
+            rows.merge(db, waiting["id"], fields, entries, now)
+            operation, merged = waiting["operation"], True
+        else:
+            operation, merged = ("create" if creating else "update"), False
+            rows.insert(
+                db,
+                {
+                    "incident_id": incident.id,
+                    "integration_id": integration["id"],
+                    "operation": operation,
+                    "fields": fields,
+                    "journal": entries,
+                    "correlation_key": correlation_key(install_id, incident.id),
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+        queued.append(Queued(integration["name"], operation, tuple(send), len(entries), merged))
+    return queued
