@@ -32,7 +32,6 @@ from im.store.db import write
 from im.sync.outbound import Queued, enqueue
 
 PLATFORM = "platform"
-DEFAULT_LIST_LIMIT = 50
 
 
 @dataclass

@@ -74,6 +74,7 @@ JOURNAL_FIELDS: tuple[str, ...] = ("work_notes", "comments")
 # Every field that can be synced with an external system (``commander`` is platform-only RBAC data).
 SYNC_FIELDS: tuple[str, ...] = tuple(f for f in SCALAR_FIELDS if f != "commander") + JOURNAL_FIELDS
 
+DEFAULT_LIST_LIMIT = 50  # `im incident list` shows the newest 50 unless told otherwise
 DEFAULT_SEVERITY = Severity.SEV3
 DEFAULT_PRIORITY = Priority.P3
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from sqlite_utils import Database
 
 from im.clock import Clock, SystemClock
 from im.security.principals import current_principal
-from im.store import database_path, open_database
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 
 @dataclass
@@ -22,10 +24,15 @@ class AppContext:
 
     @property
     def path(self) -> Path:
+        from im.store import database_path
+
         return self.db_path or database_path()
 
     @property
     def db(self) -> Database:
+        # Imported here, not at the top: `im --help` must not pay for SQLite and crypto.
+        from im.store import open_database
+
         if self._db is None:
             self._db = open_database(self.path)
         return self._db

@@ -6,7 +6,6 @@ import click
 
 from im.cli.context import app
 from im.cli.output import emit_rows, format_option
-from im.config import fields
 from im.model import Owner
 
 
@@ -33,6 +32,8 @@ def field_ownership() -> None:
 )
 def ownership_set(name: str, field: str, owner: str, priority: int) -> None:
     """Make OWNER authoritative for FIELD (platform or external field name)."""
+    from im.config import fields
+
     integration, rule = fields.set_ownership(app().db, name, field, owner, priority)
     click.echo(
         f"{integration['name']}: {rule.field} owned by {rule.owner}, priority {rule.priority}"
@@ -44,6 +45,8 @@ def ownership_set(name: str, field: str, owner: str, priority: int) -> None:
 @click.argument("field")
 def ownership_unset(name: str, field: str) -> None:
     """Remove the rule for FIELD: changes then flow both ways and conflicts decide."""
+    from im.config import fields
+
     integration, platform_field = fields.unset_ownership(app().db, name, field)
     click.echo(f"{integration['name']}: {platform_field} has no owner now")
 
@@ -53,6 +56,8 @@ def ownership_unset(name: str, field: str) -> None:
 @format_option
 def ownership_list(name: str, fmt: str) -> None:
     """Every field the integration syncs, with its external name, owner and priority."""
+    from im.config import fields
+
     rows = fields.list_ownership(app().db, name)
     emit_rows(rows, ("field", "external_field", "owner", "priority", "default"), fmt)
 
@@ -67,6 +72,8 @@ def field_mapping() -> None:
 @format_option
 def mapping_list(name: str, fmt: str) -> None:
     """The integration's field map: defaults of its type plus your overrides."""
+    from im.config import fields
+
     rows = fields.list_mappings(app().db, name)
     emit_rows(rows, ("field", "external_field", "synced", "values", "overridden", "note"), fmt)
 
@@ -84,6 +91,8 @@ def mapping_list(name: str, fmt: str) -> None:
 )
 def mapping_set(name: str, field: str, external_field: str, values: tuple[str, ...]) -> None:
     """Map FIELD to EXTERNAL_FIELD, optionally with other values."""
+    from im.config import fields
+
     integration, result = fields.set_mapping(app().db, name, field, external_field, list(values))
     shown = ", ".join(f"{k}={v}" for k, v in result.values.items())
     click.echo(
@@ -97,5 +106,7 @@ def mapping_set(name: str, field: str, external_field: str, values: tuple[str, .
 @click.argument("field")
 def mapping_unset(name: str, field: str) -> None:
     """Return FIELD to its type's default mapping."""
+    from im.config import fields
+
     integration, platform_field = fields.unset_mapping(app().db, name, field)
     click.echo(f"{integration['name']}: {platform_field} has its default mapping again")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from im import incidents
 from im.cli.context import app
 from im.cli.output import emit_object, emit_rows, format_option
-from im.model import Incident, Priority, Severity, Status
-from im.sync.outbound import Queued
+from im.model import DEFAULT_LIST_LIMIT, Incident, Priority, Severity, Status
+
+if TYPE_CHECKING:
+    from im import incidents
+    from im.sync.outbound import Queued
 
 INCIDENT_COLUMNS = ("id", "status", "severity", "priority", "title", "assigned_to", "updated_at")
 
@@ -102,6 +104,8 @@ def create(fmt: str, **values: str | None) -> None:
     It is queued for every integration whose direction allows outbound, with every field
     that integration maps.
     """
+    from im import incidents
+
     ctx = app()
     change = incidents.create(ctx.db, ctx.clock, ctx.principal, _given(**values))
     _report(change, "created", fmt)
@@ -118,6 +122,8 @@ def update(incident_id: str, fmt: str, **values: str | None) -> None:
     Status moves forward (triggered, acknowledged, resolved, closed), may skip steps, and
     goes back only from resolved to triggered (reopen); closed is final.
     """
+    from im import incidents
+
     ctx = app()
     change = incidents.update(ctx.db, ctx.clock, ctx.principal, incident_id, _given(**values))
     _report(change, "updated", fmt)
@@ -134,6 +140,8 @@ def comment(incident_id: str, text: str, work_note: bool, fmt: str) -> None:
     TEXT "-" reads the text from standard input.
     """
     body = sys.stdin.read() if text == "-" else text
+    from im import incidents
+
     ctx = app()
     kind = "work_notes" if work_note else "comments"
     change = incidents.comment(ctx.db, ctx.clock, ctx.principal, incident_id, kind, body)
@@ -145,6 +153,8 @@ def comment(incident_id: str, text: str, work_note: bool, fmt: str) -> None:
 @format_option
 def show(incident_id: str, fmt: str) -> None:
     """Show an incident, its journal, its links and what is queued for which integration."""
+    from im import incidents
+
     ctx = app()
     details = incidents.details(ctx.db, incident_id)
     queued = [
@@ -199,7 +209,7 @@ def show(incident_id: str, fmt: str) -> None:
 @click.option(
     "--limit",
     type=int,
-    default=incidents.DEFAULT_LIST_LIMIT,
+    default=DEFAULT_LIST_LIMIT,
     show_default=True,
     help="How many, newest first.",
 )
@@ -208,6 +218,8 @@ def show(incident_id: str, fmt: str) -> None:
 @format_option
 def list_(limit: int, show_all: bool, status: str | None, fmt: str) -> None:
     """List incidents, newest first (the newest 50 unless --limit or --all)."""
+    from im import incidents
+
     ctx = app()
     found = incidents.listing(ctx.db, None if show_all else limit, status)
     emit_rows([incident_json(i) for i in found], INCIDENT_COLUMNS, fmt)
@@ -218,6 +230,8 @@ def list_(limit: int, show_all: bool, status: str | None, fmt: str) -> None:
 @format_option
 def history(incident_id: str, fmt: str) -> None:
     """Every change of an incident: field, old and new value, source, actor, time."""
+    from im import incidents
+
     ctx = app()
     _, changes = incidents.history(ctx.db, incident_id)
     emit_rows(changes, ("changed_at", "field", "old_value", "new_value", "source", "actor"), fmt)

@@ -6,7 +6,6 @@ import click
 
 from im.cli.context import app
 from im.cli.output import emit_object, format_option
-from im.store import initialise
 
 
 @click.command()
@@ -18,6 +17,8 @@ def init(fmt: str) -> None:
     comes from $IM_MASTER_KEY, else the OS keyring, else a 0600 key file in the user
     config directory; the output says which.
     """
+    from im.store import initialise
+
     ctx = app()
     result = initialise(ctx.path, ctx.clock, ctx.principal)
     ctx.adopt(result.db)

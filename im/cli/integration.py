@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,11 +11,13 @@ from im.cli import secret_input
 from im.cli.context import app
 from im.cli.field_rules import field_mapping, field_ownership
 from im.cli.output import emit_object, emit_rows, format_option, note, warn
-from im.config import integrations as config
-from im.config.integrations import IntegrationInput
 from im.connectors import TYPES
 from im.errors import UsageError
 from im.model import ConflictStrategy, Direction
+
+if TYPE_CHECKING:
+    from im.config import integrations as config
+    from im.config.integrations import IntegrationInput
 
 SETTING_OPTIONS: tuple[tuple[str, str], ...] = (
     ("--username", "ServiceNow: the integration account's user name."),
@@ -94,6 +96,8 @@ def _connection_options(func: Any) -> Any:
 
 
 def _input(kind: str, values: dict[str, Any], creating: bool) -> IntegrationInput:
+    from im.config.integrations import IntegrationInput
+
     secret_names = [flag[2:].replace("-", "_") for flag, _ in SECRET_OPTIONS]
     secrets = secret_input.gather(
         kind,
@@ -134,6 +138,8 @@ def create(name: str, kind: str, **values: Any) -> None:
     Secrets not given as options are taken from their environment variable, or asked for
     with a hidden prompt. Nothing is sent until the daemon runs.
     """
+    from im.config import integrations as config
+
     ctx = app()
     config.check_name(name)
     db = ctx.db
@@ -149,6 +155,8 @@ def configure(name: str, **values: Any) -> None:
 
     Switching to --direction inbound cancels its waiting outbound changes.
     """
+    from im.config import integrations as config
+
     ctx = app()
     current = config.find(ctx.db, name)
     outcome = config.configure(
@@ -164,6 +172,8 @@ def configure(name: str, **values: Any) -> None:
 @format_option
 def get(name: str, fmt: str) -> None:
     """Show an integration's settings; secrets only as set / not set."""
+    from im.config import integrations as config
+
     ctx = app()
     emit_object(config.view(ctx.db, config.find(ctx.db, name)), fmt)
 
@@ -172,6 +182,8 @@ def get(name: str, fmt: str) -> None:
 @format_option
 def list_(fmt: str) -> None:
     """List integrations."""
+    from im.config import integrations as config
+
     ctx = app()
     from im.store import integrations as rows
 
@@ -185,6 +197,8 @@ def list_(fmt: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete(name: str, yes: bool) -> None:
     """Delete an integration with its secrets, rules, links and unsent changes."""
+    from im.config import integrations as config
+
     ctx = app()
     current = config.find(ctx.db, name)
     if not yes:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from im.cli.output import note, warn
-from im.config.integrations import SECRETS, SecretSpec
 from im.errors import UsageError
+
+if TYPE_CHECKING:
+    from im.config.integrations import SecretSpec
 
 
 def _read_file(spec: SecretSpec, path: str) -> str:
@@ -39,6 +42,8 @@ def gather(
     kind: str, flags: dict[str, str | None], files: dict[str, str | None], creating: bool
 ) -> dict[str, str]:
     """Secret name -> value for the secrets the person gave. Raises UsageError."""
+    from im.config.integrations import SECRETS
+
     specs = {s.name: s for s in SECRETS[kind]}
     for name in set(flags) | set(files):
         if (flags.get(name) or files.get(name)) and name not in specs:
