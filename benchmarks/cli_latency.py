@@ -49,7 +49,9 @@ def main() -> None:
             "        incidents.create(db, clock, 'bench', {'title': f'incident {n}', 'severity': 'sev2'})\n"
         )
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", seed, env["IM_DB"], str(args.incidents)], env=env, check=True)
+        subprocess.run(
+            [sys.executable, "-c", seed, env["IM_DB"], str(args.incidents)], env=env, check=True
+        )
         seeded = time.perf_counter() - started
         result = {
             "incidents": args.incidents,
