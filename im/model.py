@@ -85,9 +85,13 @@ _REOPEN = (Status.RESOLVED, Status.TRIGGERED)
 
 TITLE_MAX = 255
 TEXT_MAX = 65_536
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
-_INCIDENT_ID = re.compile(r"^INC-([1-9][0-9]*)$", re.IGNORECASE)
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+_INCIDENT_ID = re.compile(r"(?:INC-)?([1-9][0-9]{0,17})", re.IGNORECASE)
+# Control characters would move a terminal's cursor or colour its output; only text fields
+# that are multi-line by nature keep newlines and tabs.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_EXCEPT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -119,12 +123,10 @@ def incident_display_id(number: int) -> str:
 
 def parse_incident_id(text: str) -> int:
     """``INC-12`` (any case) or ``12`` -> 12. Raises NotFoundError for anything else."""
-    match = _INCIDENT_ID.match(text.strip())
+    match = _INCIDENT_ID.fullmatch(text.strip())
     if match:
         return int(match.group(1))
-    if text.strip().isdigit() and int(text) > 0:
-        return int(text)
-    raise NotFoundError(f"no incident {text!r}", "incident ids look like INC-12")
+    raise NotFoundError(f"no incident {text[:40]!r}", "incident ids look like INC-12")
 
 
 def _choice(field: str, value: str, enum: type[StrEnum]) -> str:
@@ -137,6 +139,7 @@ def _choice(field: str, value: str, enum: type[StrEnum]) -> str:
 
 def validate_field(field: str, value: str) -> str:
     """Return the canonical form of ``value`` for ``field``, or raise ValidationError."""
+    check_text(field, value, multiline=field in ("description", *JOURNAL_FIELDS))
     if field == "title":
         title = value.strip()
         if not title:
@@ -158,7 +161,7 @@ def validate_field(field: str, value: str) -> str:
         return _choice(field, value, Status)
     if field == "assigned_to":
         email = value.strip().lower()
-        if email and not _EMAIL.match(email):
+        if email and not _EMAIL.fullmatch(email):
             raise ValidationError(
                 f"assigned_to must be a user's email address, not {value!r}",
                 'pass "" to unassign',
@@ -166,12 +169,23 @@ def validate_field(field: str, value: str) -> str:
         return email
     if field in ("escalation_policy", "commander"):
         ident = value.strip()
-        if ident and not _IDENTIFIER.match(ident):
+        if ident and not _IDENTIFIER.fullmatch(ident):
             raise ValidationError(
                 f"{field} must be an identifier (letters, digits, _ . : @ -), not {value!r}"
             )
         return ident
     raise ValidationError(f"unknown field {field!r}; fields are {', '.join(SYNC_FIELDS)}")
+
+
+def check_text(what: str, value: str, multiline: bool = False) -> None:
+    """Refuse text that is not valid Unicode or holds control characters."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} is not valid UTF-8 text") from None
+    pattern = _CONTROL_EXCEPT_LINES if multiline else _CONTROL
+    if pattern.search(value):
+        raise ValidationError(f"{what} must not contain control characters")
 
 
 def check_transition(current: str, new: str) -> None:

@@ -56,9 +56,9 @@ def test_update_coalesces_into_the_waiting_row(three: Im) -> None:
         "updated INC-1: Checkout 5xx EU",
         "  title: Checkout 5xx -> Checkout 5xx EU",
         "  severity: sev3 -> sev2",
-        "  queued for prod-snow: create of title, severity (merged into the waiting change)",
-        "  queued for prod-jira: create of title (merged into the waiting change)",
-        "  queued for prod-pd: create of title, severity (merged into the waiting change)",
+        "  queued for prod-snow: create of title, severity, status (merged into the waiting change)",
+        "  queued for prod-jira: create of title, priority, status (merged into the waiting change)",
+        "  queued for prod-pd: create of title, severity, priority, status (merged into the waiting change)",
     ]
     rows = (
         three.db()
@@ -164,7 +164,11 @@ def test_a_refused_update_writes_nothing(three: Im) -> None:
         ),
         (("show", "banana"), 1, "error: no incident 'banana' (incident ids look like INC-12)\n"),
         (("comment", "INC-1", "   "), 2, "error: a comment must not be empty\n"),
-        (("list", "--limit", "0"), 2, "error: --limit must be at least 1\n"),
+        (
+            ("list", "--limit", "0"),
+            2,
+            "error: Invalid value for '--limit': 0 is not in the range 1<=x<=1000000. (see `im incident list --help`)\n",
+        ),
         (("frobnicate",), 2, "error: No such command 'frobnicate'. (see `im incident --help`)\n"),
     ],
 )

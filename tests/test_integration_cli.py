@@ -116,7 +116,7 @@ def test_dash_reads_a_secret_from_standard_input(initialised: Im) -> None:
             ("--url", "http://acme.service-now.com"),
             "uses plain http to a host that is not loopback",
         ),
-        (("--url", "ftp://x"), "is not an http(s) URL"),
+        (("--url", "ftp://x"), "--url must be an http(s) URL"),
         (("--url", "https://user:pw@acme.service-now.com"), "must not carry credentials"),
         (("--rate-limit", "fast"), "--rate-limit takes N/s"),
         (("--conflict-window", "soon"), "--conflict-window takes a duration"),

@@ -60,6 +60,10 @@ class ImGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             code = ExitCode.INTERRUPTED
+        except OSError as exc:
+            where = f": {str(exc.filename)[:200]}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or type(exc).__name__}{where}", err=True)
+            code = ExitCode.FAILURE
         except sqlite3.Error as exc:
             click.echo(f"error: database error: {_one_line(str(exc))}", err=True)
             code = ExitCode.FAILURE

@@ -208,7 +208,7 @@ def show(incident_id: str, fmt: str) -> None:
 @incident.command("list")
 @click.option(
     "--limit",
-    type=int,
+    type=click.IntRange(1, 1_000_000),
     default=DEFAULT_LIST_LIMIT,
     show_default=True,
     help="How many, newest first.",

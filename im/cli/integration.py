@@ -84,10 +84,9 @@ def _connection_options(func: Any) -> Any:
         ),
         click.option("--ca-bundle", help="PEM file of CAs to trust (private CAs)."),
         click.option(
-            "--allow-insecure-http",
-            is_flag=True,
+            "--allow-insecure-http/--no-allow-insecure-http",
             default=None,
-            help="Allow plain http to a non-loopback host.",
+            help="Allow plain http to a non-loopback host (warns).",
         ),
     ]
     for option in reversed(options):

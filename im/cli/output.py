@@ -79,12 +79,13 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
         from rich import box
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         rich_table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for column in columns:
             rich_table.add_column(column, overflow="fold")
         for line in cells:
-            rich_table.add_row(*line)
+            rich_table.add_row(*(Text(cell) for cell in line))  # data is never markup
         console = Console(file=io.StringIO(), force_terminal=True, width=_width())
         console.print(rich_table)
         return console.file.getvalue()  # type: ignore[attr-defined, no-any-return]

@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 
 def _read_file(spec: SecretSpec, path: str) -> str:
     try:
-        text = Path(path).expanduser().read_text()
-    except OSError as exc:
-        raise UsageError(f"{spec.option}-file {path}: {exc.strerror}") from None
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"{spec.option}-file {path[:200]}: {reason}") from None
     value = text.rstrip("\r\n")
     if not value:
         raise UsageError(f"{spec.option}-file {path} is empty")
@@ -73,4 +74,9 @@ def gather(
                     f"set ${spec.env_var}, pass {spec.option}-file PATH, or run in a terminal",
                 )
             secrets[spec.name] = _prompt(spec)
+    for name, value in secrets.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"the {specs[name].label} is not valid UTF-8 text") from None
     return secrets

@@ -18,7 +18,7 @@ from im.clock import Clock, format_time
 from im.config import ownership
 from im.connectors import TYPES, jira, pagerduty, servicenow
 from im.errors import NotFoundError, UsageError, ValidationError
-from im.model import ConflictStrategy, Direction
+from im.model import ConflictStrategy, Direction, check_text
 from im.security.secrets import MasterKey, find_key, seal
 from im.store import integrations as rows
 from im.store import meta
@@ -26,8 +26,8 @@ from im.store import outbox as outbox_rows
 from im.store.db import write
 
 RESERVED_NAMES = frozenset({"history", "schedule"})
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,14 @@ SECRETS: dict[str, tuple[SecretSpec, ...]] = {
 
 
 def _text(value: str) -> str:
+    check_text("the value", value)
     if not value.strip() or len(value) > 1000:
         raise ValidationError("must be 1-1000 characters")
     return value.strip()
 
 
 def _email(value: str) -> str:
-    if not _EMAIL.match(value.strip()):
+    if not _EMAIL.fullmatch(value.strip()):
         raise ValidationError("must be an email address")
     return value.strip().lower()
 
@@ -69,7 +70,7 @@ def _pattern(regex: str, description: str) -> Callable[[str], str]:
     compiled = re.compile(regex)
 
     def check(value: str) -> str:
-        if not compiled.match(value.strip()):
+        if not compiled.fullmatch(value.strip()):
             raise ValidationError(f"must be {description}")
         return value.strip()
 
@@ -149,9 +150,9 @@ class Outcome:
 def check_name(name: str) -> str:
     if name in RESERVED_NAMES:
         raise ValidationError(f"{name!r} is reserved (it is a subcommand name)")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValidationError(
-            f"integration name {name!r} is not valid",
+            f"integration name {name[:70]!r} is not valid",
             "use lowercase letters, digits and hyphens, starting with a letter (e.g. prod-snow)",
         )
     return name
@@ -167,25 +168,34 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_url(url: str, allow_insecure: bool) -> tuple[str, list[str]]:
-    """A base URL: https, or plain http on loopback (or with allow_insecure, warned)."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValidationError(f"{url!r} is not an http(s) URL", "e.g. https://acme.service-now.com")
-    if parts.username or parts.password:
+    """A base URL: https, or plain http on loopback (or with allow_insecure, warned).
+
+    Errors never quote the URL: a mistyped one may carry a password or token.
+    """
+    check_text("the URL", url)
+    try:
+        parts = urlsplit(url.strip())
+        hostname = parts.hostname
+    except ValueError:
+        raise ValidationError("--url is not a valid URL") from None
+    if parts.scheme not in ("https", "http") or not hostname:
+        raise ValidationError("--url must be an http(s) URL", "e.g. https://acme.service-now.com")
+    if "@" in parts.netloc:
         raise ValidationError(
             "the URL must not carry credentials", "pass them with their own options instead"
         )
     if parts.query or parts.fragment:
-        raise ValidationError(f"the URL {url!r} must not have a query or fragment")
+        raise ValidationError("--url must not have a query or fragment")
+    site = f"{parts.scheme}://{parts.netloc}"
     warnings: list[str] = []
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not _is_loopback(hostname):
         if not allow_insecure:
             raise ValidationError(
-                f"{url} uses plain http to a host that is not loopback",
+                f"{site} uses plain http to a host that is not loopback",
                 "use https://, or pass --allow-insecure-http if you really mean it",
             )
         warnings.append(
-            f"{url} is plain http: credentials and incidents cross the network unencrypted"
+            f"{site} is plain http: credentials and incidents cross the network unencrypted"
         )
     return url.strip().rstrip("/"), warnings
 
@@ -196,7 +206,7 @@ def parse_rate_limit(text: str) -> float | None:
     if value in ("off", "none", "0"):
         return None
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|sec|m|min|h)", value)
-    if not match or float(match.group(1)) <= 0:
+    if not match or not 0 < float(match.group(1)) <= 1_000_000:
         raise ValidationError(f"--rate-limit takes N/s, N/m or N/h (or off), not {text!r}")
     per = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[match.group(2)]
     return float(match.group(1)) / per
@@ -232,9 +242,13 @@ def _choice(value: str, enum: type[Direction] | type[ConflictStrategy], option: 
 
 
 def _ca_bundle(path: str) -> str:
-    resolved = Path(path).expanduser().resolve()
-    if not resolved.is_file():
-        raise ValidationError(f"--ca-bundle {path}: no such file")
+    try:
+        resolved = Path(path).expanduser().resolve()
+        exists = resolved.is_file()
+    except (OSError, ValueError):
+        exists = False
+    if not exists:
+        raise ValidationError(f"--ca-bundle {path[:200]}: no such file")
     return str(resolved)
 
 

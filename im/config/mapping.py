@@ -57,7 +57,7 @@ _NOTES: dict[tuple[str, str], str] = {
     ("pagerduty", "assigned_to"): "else the integration's escalation policy",
 }
 _ENUMS = {"severity": Severity, "priority": Priority, "status": Status}
-_EXTERNAL_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.,]{0,127}$")
+_EXTERNAL_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.,]{0,127}")
 
 
 def _vendor_fields(kind: str, settings: Mapping[str, str]) -> dict[str, str | None]:
@@ -127,7 +127,7 @@ def parse_override(field_name: str, external_field: str, values: list[str]) -> O
     """Validate ``field-mapping set`` input. Raises ValidationError."""
     if field_name in JOURNAL_FIELDS and values:
         raise ValidationError(f"{field_name} is a journal: it has no values to map")
-    if not _EXTERNAL_FIELD.match(external_field):
+    if not _EXTERNAL_FIELD.fullmatch(external_field):
         raise ValidationError(f"{external_field!r} is not a valid external field name")
     value_map: dict[str, str] = {}
     enum = _ENUMS.get(field_name)

@@ -3,6 +3,8 @@ family; every write happens inside ``write(db)``."""
 
 from __future__ import annotations
 
+import os
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +66,15 @@ def initialise(path: Path, clock: Clock, principal: str) -> InitResult:
             meta.require(db, "key_id"),
             None,
         )
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise DatabaseError(f"{path} is not a regular file", "pass --db with a file path")
     key = new_database_key()  # before the file exists: a key error leaves nothing behind
+    made = False
     try:
         create_file(path)
+        made = True
     except FileExistsError:
-        pass  # an empty file (for example one made by mktemp) is ours to fill
+        os.chmod(path, 0o600)  # an empty file (e.g. from mktemp) is ours to fill, privately
     except OSError as exc:
         raise DatabaseError(f"cannot create the database {path}: {exc.strerror}") from None
     try:
@@ -77,7 +83,7 @@ def initialise(path: Path, clock: Clock, principal: str) -> InitResult:
         if not _populate(db, key, clock, principal):
             return initialise(path, clock, principal)  # another `im init` got there first
     except BaseException:
-        _remove(path)
+        _remove(path, made)
         raise
     install_id = meta.require(db, "install_id")
     return InitResult(db, path, True, install_id, recorded_source(key), key.key_id, principal)
@@ -103,6 +109,7 @@ def recorded_source(key: MasterKey) -> str:
     return key.location if key.source == "file" else key.source
 
 
-def _remove(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
+def _remove(path: Path, made: bool) -> None:
+    """Undo a failed init: SQLite's side files, and the database only if we created it."""
+    for suffix in ("-wal", "-shm", "-journal", *([""] if made else [])):
         Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -53,7 +53,13 @@ def create_file(path: Path) -> None:
 
 def connect(path: Path) -> Database:
     """Open an existing database file. Raises DatabaseError when it is missing or not SQLite."""
-    if not path.exists():
+    try:
+        exists = path.is_file()
+    except (OSError, ValueError):
+        raise DatabaseError(f"cannot use {str(path)[:200]} as a database path") from None
+    if not exists:
+        if path.exists():
+            raise DatabaseError(f"{path} is not a regular file", "pass --db with a file path")
         raise DatabaseError(
             f"no database at {path}", "run `im init` first, or pass --db PATH / set IM_DB"
         )

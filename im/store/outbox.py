@@ -55,11 +55,19 @@ def insert(db: Database, row: dict[str, Any]) -> int:
     return insert_row(db, "outbox", values)
 
 
-def merge(db: Database, row_id: int, fields: dict[str, str], journal: list[int], at: str) -> None:
-    """Coalesce a newer change into a waiting row: latest value per field, journal entries
-    appended in order; its attempt count and schedule stay as they were."""
+def merge(
+    db: Database,
+    row_id: int,
+    fields: dict[str, str],
+    journal: list[int],
+    at: str,
+    replace: bool = False,
+) -> None:
+    """Coalesce a newer change into a waiting row: latest value per field (or, with
+    ``replace``, exactly ``fields``), journal entries appended in order; its attempt count
+    and schedule stay as they were."""
     current = _decode(next(iter(db.query("SELECT * FROM outbox WHERE id = ?", [row_id]))))
-    merged_fields = {**current["fields"], **fields}
+    merged_fields = dict(fields) if replace else {**current["fields"], **fields}
     merged_journal = current["journal"] + [j for j in journal if j not in current["journal"]]
     db.execute(
         "UPDATE outbox SET fields = ?, journal = ?, updated_at = ? WHERE id = ?",

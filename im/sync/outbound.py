@@ -62,18 +62,20 @@ def enqueue(
         )
         synced = [name for name, fm in table.items() if fm.synced]
         scalars = [name for name in synced if name not in JOURNAL_FIELDS]
+        updatable = [name for name in scalars if not table[name].create_only]
         rules = integration_rows.rules(db, integration["id"])
         creating = links.find(db, incident.id, integration["id"]) is None and not (
             rows.live_create_exists(db, incident.id, integration["id"])
         )
         waiting = rows.waiting_row(db, incident.id, integration["id"])
-        if creating:
+        create_waiting = waiting is not None and waiting["operation"] == "create"
+        if creating or create_waiting:
+            # A create carries every mapped non-empty field with its newest value.
             send = [f for f in scalars if incident.value(f)]
-        elif waiting is not None and waiting["operation"] == "create":
-            # The record does not exist yet: its create will carry the newest values.
-            send = [f for f in changed if f in scalars]
+            if create_waiting and not (set(changed) & set(scalars)) and not journal:
+                continue
         else:
-            send = ownership.outbound_fields(direction, rules, scalars, changed, creating=False)
+            send = ownership.outbound_fields(direction, rules, updatable, changed, creating=False)
         entries = [
             entry_id
             for entry_id, kind in journal
@@ -83,7 +85,7 @@ def enqueue(
             continue
         fields = {f: incident.value(f) for f in send}
         if waiting is not None and not creating:
-            rows.merge(db, waiting["id"], fields, entries, now)
+            rows.merge(db, waiting["id"], fields, entries, now, replace=create_waiting)
             operation, merged = waiting["operation"], True
         else:
             operation, merged = ("create" if creating else "update"), False
