@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PD, SECRETS, SNOW, Im
+from tests.conftest import PD, SECRETS, Im
 
 
 def test_a_failed_init_never_deletes_a_file_it_did_not_create(tmp_path: Path) -> None:
@@ -154,4 +154,3 @@ def test_configure_never_echoes_a_secret_given_by_mistake_as_a_setting(three: Im
         "integration", "configure", "prod-snow", "--url", "https://u:hunter2@acme.service-now.com"
     )
     assert result.exit_code == 2 and "hunter2" not in result.stderr
-    _ = SNOW
