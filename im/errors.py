@@ -65,3 +65,7 @@ class InProgressError(ImError):
     """Another run of the same thing is in progress."""
 
     exit_code = ExitCode.IN_PROGRESS
+
+
+class SignatureError(ImError):
+    """A webhook delivery failed verification. The message never quotes a secret."""

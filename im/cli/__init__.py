@@ -105,11 +105,12 @@ def cli(ctx: click.Context, db_path: Path | None) -> None:
 
 
 def _register() -> None:
-    from im.cli import incident, init, integration
+    from im.cli import incident, init, integration, sim
 
     cli.add_command(init.init)
     cli.add_command(incident.incident)
     cli.add_command(integration.integration)
+    cli.add_command(sim.sim)
 
 
 _register()

@@ -206,3 +206,61 @@ def delete(name: str, yes: bool) -> None:
         click.confirm(f"Delete integration {current['name']}?", abort=True)
     _report(config.delete(ctx.db, name))
     note("external records are left as they are")
+
+
+@integration.command("test")
+@click.argument("name")
+@format_option
+def test_(name: str, fmt: str) -> None:
+    """Check reachability, TLS, credentials, permissions and scope against the external
+    system, and warn when the account looks like a person's. Exits 1 when a check fails."""
+    from im.config import connection
+
+    report = connection.run_checks(app().db, name)
+    if fmt == "json":
+        emit_object(
+            {
+                "integration": report.integration,
+                "type": report.kind,
+                "ok": report.ok,
+                "checks": [
+                    {"check": c.name, "ok": c.ok, "warning": c.warning, "detail": c.detail}
+                    for c in report.checks
+                ],
+            },
+            "json",
+        )
+    else:
+        for check in report.checks:
+            mark = "FAIL" if not check.ok else "warn" if check.warning else "ok"
+            click.echo(f"{mark:<5} {check.name}: {check.detail}")
+        verdict = "passed" if report.ok else "failed"
+        click.echo(f"{report.integration} ({report.kind}, {report.url}): {verdict}")
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+@integration.command("webhook-setup")
+@click.argument("name")
+@click.option(
+    "--public-url",
+    help="Where the external system reaches `im daemon` (default: the daemon's --public-url, "
+    "else http://127.0.0.1:8080).",
+)
+@click.option(
+    "--show-secret", is_flag=True, help="Print the webhook secret instead of a placeholder."
+)
+def webhook_setup(name: str, public_url: str | None, show_secret: bool) -> None:
+    """Print what to configure in the external system so that it sends signed webhooks to
+    this integration."""
+    from im.config import connection
+    from im.store import meta
+
+    ctx = app()
+    url = public_url or meta.get(ctx.db, "public_url") or connection.DEFAULT_PUBLIC_URL
+    if not public_url and not meta.get(ctx.db, "public_url"):
+        warn(
+            f"no public URL known: using {url}; the external system must reach it "
+            "(pass --public-url or run `im daemon --public-url URL`)"
+        )
+    click.echo(connection.webhook_setup(ctx.db, name, url, show_secret=show_secret))

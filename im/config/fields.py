@@ -9,13 +9,14 @@ from sqlite_utils import Database
 
 from im.config import mapping
 from im.config.integrations import find
+from im.connectors.base import FieldMapping
 from im.errors import StateError, ValidationError
 from im.model import Owner, Rule
 from im.store import integrations as rows
 from im.store.db import write
 
 
-def mapping_table(db: Database, integration: dict[str, Any]) -> dict[str, mapping.FieldMapping]:
+def mapping_table(db: Database, integration: dict[str, Any]) -> dict[str, FieldMapping]:
     return mapping.mappings(
         integration["type"], integration["settings"], rows.overrides(db, integration["id"])
     )
@@ -89,7 +90,7 @@ def list_mappings(db: Database, name_or_id: str) -> list[dict[str, Any]]:
 
 def set_mapping(
     db: Database, name_or_id: str, field_name: str, external_field: str, values: list[str]
-) -> tuple[dict[str, Any], mapping.FieldMapping]:
+) -> tuple[dict[str, Any], FieldMapping]:
     """Map a platform field to another external field and/or other values. Writes."""
     with write(db):
         integration, platform_field = _resolve(db, name_or_id, field_name)

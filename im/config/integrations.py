@@ -268,7 +268,7 @@ def find(db: Database, name_or_id: str) -> dict[str, Any]:
     raise NotFoundError(f"no integration {name_or_id!r}", hint)
 
 
-def _master_key(db: Database) -> MasterKey:
+def master_key(db: Database) -> MasterKey:
     return find_key(meta.require(db, "key_source"), meta.require(db, "key_id"))
 
 
@@ -326,7 +326,7 @@ def _store_secrets(
     specs = {s.name: s for s in SECRETS[kind]}
     if not secrets:
         return
-    key = _master_key(db)
+    key = master_key(db)
     for name, value in secrets.items():
         if name not in specs:
             raise UsageError(f"--{name.replace('_', '-')} does not apply to {kind} integrations")

@@ -6,30 +6,13 @@ Jira severity until ``--severity-field`` names a custom field, PagerDuty comment
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from im.connectors import jira, pagerduty, servicenow
+from im.connectors.base import FieldMapping
 from im.errors import ValidationError
 from im.model import JOURNAL_FIELDS, SYNC_FIELDS, Override, Priority, Severity, Status
-
-
-@dataclass(frozen=True)
-class FieldMapping:
-    field: str
-    external_field: str | None
-    # platform value -> external value
-    values: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    create_only: bool = False
-    overridden: bool = False
-    note: str = ""
-
-    @property
-    def synced(self) -> bool:
-        return self.external_field is not None
-
 
 _VALUE_MAPS: dict[str, dict[str, Mapping[str, str]]] = {
     "servicenow": {"severity": servicenow.SEVERITY_OUT, "status": servicenow.STATE_OUT},

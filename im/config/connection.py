@@ -1,0 +1,133 @@
+"""From an integration row to a working connector: settings, opened secrets, the field map.
+
+This is the one place where secrets are unsealed for use; the connector keeps them to itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from im.config import mapping
+from im.config.integrations import find, master_key, secret_owner
+from im.connectors import connect
+from im.connectors.base import Check, Connector, ConnectorConfig
+from im.connectors.http import ConnectorError, RecordNotFoundError
+from im.errors import ValidationError
+from im.security.secrets import unseal
+from im.store import integrations as rows
+
+if TYPE_CHECKING:
+    import httpx
+    from sqlite_utils import Database
+
+
+def secret(db: Database, integration: Mapping[str, Any], name: str) -> str | None:
+    """One opened secret of the integration, or None when it has none by that name."""
+    sealed = rows.sealed_secret(db, integration["id"], name)
+    if sealed is None:
+        return None
+    return unseal(master_key(db), sealed, secret_owner(integration["id"], name))
+
+
+def connector_config(
+    db: Database,
+    integration: Mapping[str, Any],
+    *,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> ConnectorConfig:
+    status = rows.secret_status(db, integration["id"])
+    opened = {name: value for name in status if (value := secret(db, integration, name))}
+    extra: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
+    return ConnectorConfig(
+        name=integration["name"],
+        url=integration["url"],
+        settings=dict(integration["settings"]),
+        secrets=opened,
+        fields=mapping.mappings(
+            integration["type"], integration["settings"], rows.overrides(db, integration["id"])
+        ),
+        ca_bundle=integration.get("ca_bundle"),
+        transport=transport,
+        **extra,
+    )
+
+
+def open_connector(
+    db: Database,
+    integration: Mapping[str, Any],
+    *,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> Connector:
+    """The integration's connector (no network call yet). Raises SecretError when the master
+    key does not open its secrets."""
+    config = connector_config(db, integration, transport=transport, sleep=sleep)
+    return connect(integration["type"], config)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    integration: str
+    kind: str
+    url: str
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def run_checks(
+    db: Database, name_or_id: str, *, transport: httpx.BaseTransport | None = None
+) -> CheckReport:
+    """Run the integration's checks (reachability, TLS, credentials, permissions, scope, the
+    account's kind). A failure that stops the checks early becomes the last, failed row."""
+    integration = find(db, name_or_id)
+    connector = open_connector(db, integration, transport=transport)
+    checks: list[Check] = []
+    try:
+        checks = connector.check()
+    except ConnectorError as exc:
+        checks.append(Check("reachability", False, _explain(exc, integration["type"])))
+    finally:
+        connector.close()
+    return CheckReport(integration["name"], integration["type"], integration["url"], checks)
+
+
+def _explain(exc: ConnectorError, kind: str) -> str:
+    text = exc.message
+    if isinstance(exc, RecordNotFoundError):
+        return f"{text}: the URL answers but has no {kind} API there; check --url"
+    return f"{text} ({exc.hint})" if exc.hint else text
+
+
+WEBHOOK_PATH = "/webhooks/{name}"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080"
+
+
+def webhook_url(public_url: str, name: str) -> str:
+    """The daemon's webhook URL for an integration. Raises ValidationError for a public URL
+    that is not an absolute http(s) URL."""
+    parsed = urlsplit(public_url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query:
+        raise ValidationError("--public-url must be an http(s) URL such as https://im.example.com")
+    return public_url.strip().rstrip("/") + WEBHOOK_PATH.format(name=name)
+
+
+def webhook_setup(
+    db: Database, name_or_id: str, public_url: str, *, show_secret: bool = False
+) -> str:
+    """What to configure in the external system so that it sends webhooks to ``public_url``.
+    The secret appears only when ``show_secret`` asks for it."""
+    integration = find(db, name_or_id)
+    url = webhook_url(public_url, integration["name"])
+    connector = open_connector(db, integration)
+    try:
+        value = secret(db, integration, "webhook_secret") if show_secret else None
+        return connector.webhook_setup(url, value)
+    finally:
+        connector.close()
