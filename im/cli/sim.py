@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import secrets
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +99,9 @@ def pagerduty(**options: Any) -> None:
 
 
 def _new_secret(kind: str) -> str:
+    import base64
+    import secrets
+
     if kind == "servicenow":  # Standard Webhooks secrets are whsec_<base64 of 24+ bytes>
         return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     return secrets.token_urlsafe(24)
@@ -140,6 +140,8 @@ def _run(
     cert = Path(tls_cert) if tls_cert else None
     key = Path(tls_key) if tls_key else None
     if tls and not cert:
+        import tempfile
+
         cert, key = self_signed_certificate(Path(tempfile.mkdtemp(prefix="im-sim-tls-")), host)
     simulator = factory(
         seed=seed, webhook_url=webhook_url or "", webhook_secret=secret, faults=fault_set, **extra

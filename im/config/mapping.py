@@ -8,25 +8,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from im.connectors import jira, pagerduty, servicenow
-from im.connectors.base import FieldMapping
+from im.connectors import vendor
 from im.errors import ValidationError
 from im.model import JOURNAL_FIELDS, SYNC_FIELDS, Override, Priority, Severity, Status
 
-_VALUE_MAPS: dict[str, dict[str, Mapping[str, str]]] = {
-    "servicenow": {"severity": servicenow.SEVERITY_OUT, "status": servicenow.STATE_OUT},
-    "jira": {
-        "severity": jira.SEVERITY_OUT,
-        "priority": jira.PRIORITY_OUT,
-        "status": jira.STATUS_OUT,
-    },
-    "pagerduty": {
-        "severity": pagerduty.URGENCY_OUT,
-        "priority": pagerduty.PRIORITY_OUT,
-        "status": pagerduty.STATUS_OUT,
-    },
-}
+if TYPE_CHECKING:
+    from im.connectors.base import FieldMapping
+
 _NOTES: dict[tuple[str, str], str] = {
     ("servicenow", "severity"): "in: ServiceNow priority 1-5 -> sev1-sev5",
     ("servicenow", "title"): "truncated to 160 characters",
@@ -43,22 +34,15 @@ _ENUMS = {"severity": Severity, "priority": Priority, "status": Status}
 _EXTERNAL_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_.,]{0,127}")
 
 
-def _vendor_fields(kind: str, settings: Mapping[str, str]) -> dict[str, str | None]:
-    if kind == "servicenow":
-        return dict(servicenow.FIELDS)
-    if kind == "jira":
-        fields = dict(jira.FIELDS)
+def _vendor_fields(module: ModuleType, settings: Mapping[str, str]) -> dict[str, str | None]:
+    fields: dict[str, str | None] = dict(module.FIELDS)
+    if module.TYPE == "jira":
         fields["severity"] = settings.get("severity_field") or None
-        return fields
-    return dict(pagerduty.FIELDS)
+    return fields
 
 
 def not_synced_reason(kind: str, platform_field: str) -> str | None:
-    reasons = {
-        "servicenow": servicenow.NOT_SYNCED,
-        "jira": jira.NOT_SYNCED,
-        "pagerduty": pagerduty.NOT_SYNCED,
-    }[kind]
+    reasons: Mapping[str, str] = vendor(kind).NOT_SYNCED
     return reasons.get(platform_field)
 
 
@@ -66,23 +50,26 @@ def mappings(
     kind: str, settings: Mapping[str, str], overrides: Mapping[str, Override]
 ) -> dict[str, FieldMapping]:
     """Every field the integration type can sync, in the platform's field order."""
-    vendor = _vendor_fields(kind, settings)
+    from im.connectors.base import FieldMapping
+
+    module = vendor(kind)  # loaded on first use: commands that map nothing stay fast
+    external = _vendor_fields(module, settings)
     result: dict[str, FieldMapping] = {}
     for name in SYNC_FIELDS:
-        if name not in vendor:
+        if name not in external:
             continue
         override = overrides.get(name)
-        values = dict(_VALUE_MAPS[kind].get(name, {}))
+        values = dict(module.VALUE_MAPS.get(name, {}))
         note = _NOTES.get((kind, name), "")
-        if name == "severity" and kind == "jira" and vendor[name] is None:
+        if name == "severity" and kind == "jira" and external[name] is None:
             note = "not synced until --severity-field names the custom field"
         if override is not None:
             values.update(override.values)
         result[name] = FieldMapping(
             field=name,
-            external_field=override.external_field if override else vendor[name],
+            external_field=override.external_field if override else external[name],
             values=values,
-            create_only=kind == "pagerduty" and name in pagerduty.CREATE_ONLY,
+            create_only=name in module.CREATE_ONLY,
             overridden=override is not None,
             note=note,
         )

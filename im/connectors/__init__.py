@@ -4,12 +4,21 @@ factory and typed errors."""
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from im.connectors.base import Connector, ConnectorConfig
 
 TYPES: tuple[str, ...] = ("servicenow", "jira", "pagerduty")
+
+
+def vendor(kind: str) -> ModuleType:
+    """The vendor module of an integration type (its value maps and connector class)."""
+    if kind not in TYPES:
+        raise ValueError(f"unknown integration type {kind!r}")
+    return importlib.import_module(f"im.connectors.{kind}")
 
 
 def connect(kind: str, config: ConnectorConfig) -> Connector:

@@ -84,6 +84,13 @@ STATUS_OUT: dict[str, str] = {
     "closed": "Closed",
 }
 DEFAULT_ISSUE_TYPE = "Incident"
+# platform field -> its outbound value map (im.config.mapping adds the user's overrides)
+VALUE_MAPS: dict[str, dict[str, str]] = {
+    "severity": SEVERITY_OUT,
+    "priority": PRIORITY_OUT,
+    "status": STATUS_OUT,
+}
+CREATE_ONLY: frozenset[str] = frozenset()
 
 # Inbound only, after the (possibly overridden) outbound maps: names older priority schemes and
 # the JSM incident workflows use. Matched case-insensitively.

@@ -89,6 +89,12 @@ STATUS_OUT: dict[str, str] = {
     "resolved": "resolved",
     "closed": "resolved",
 }
+# platform field -> its outbound value map (im.config.mapping adds the user's overrides)
+VALUE_MAPS: dict[str, dict[str, str]] = {
+    "severity": URGENCY_OUT,
+    "priority": PRIORITY_OUT,
+    "status": STATUS_OUT,
+}
 STATUS_IN: dict[str, str] = {
     "triggered": "triggered",
     "acknowledged": "acknowledged",

@@ -99,6 +99,9 @@ SHORT_DESCRIPTION_MAX = 160
 DEFAULT_CORRELATION_FIELD = "correlation_id"
 DEFAULT_CLOSE_CODE = "Solved (Permanently)"
 DEFAULT_CLOSE_NOTES = "Resolved in im"
+# platform field -> its outbound value map (im.config.mapping adds the user's overrides)
+VALUE_MAPS: dict[str, dict[str, str]] = {"severity": SEVERITY_OUT, "status": STATE_OUT}
+CREATE_ONLY: frozenset[str] = frozenset()
 
 # The base system's priority lookup (impact, urgency) -> priority (vendor README §1.7). An
 # instance may edit these rules; normalise() predicts the base system's answer.
