@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from im.cli.context import app
-from im.cli.output import emit_object, emit_rows, format_option
+from im.cli.output import emit_object, emit_rows, format_option, warn
 from im.model import DEFAULT_LIST_LIMIT, Incident, Priority, Severity, Status
 
 if TYPE_CHECKING:
@@ -36,7 +36,19 @@ def _queued_json(queued: list[Queued]) -> list[dict[str, Any]]:
     ]
 
 
+def _warn_without_daemon(change: incidents.Change) -> None:
+    """Nothing is sent from a CLI command: say so when no daemon will send it."""
+    if not change.queued:
+        return
+    from im.store import daemon
+
+    ctx = app()
+    if not daemon.status(ctx.db, ctx.clock.now()).running:
+        warn("no daemon is running: the change waits in the outbox until `im daemon` runs")
+
+
 def _report(change: incidents.Change, verb: str, fmt: str) -> None:
+    _warn_without_daemon(change)
     if fmt != "table":
         emit_object(
             {

@@ -264,3 +264,89 @@ def webhook_setup(name: str, public_url: str | None, show_secret: bool) -> None:
             "(pass --public-url or run `im daemon --public-url URL`)"
         )
     click.echo(connection.webhook_setup(ctx.db, name, url, show_secret=show_secret))
+
+
+@integration.command()
+@click.argument("name")
+@format_option
+def dlq(name: str, fmt: str) -> None:
+    """List the dead letter queue: changes given up on, with every attempt's time and error."""
+    from dataclasses import asdict, fields
+
+    from im.config import integrations as config
+    from im.sync import retry
+
+    ctx = app()
+    entries = retry.dead_entries(ctx.db, config.find(ctx.db, name))
+    if fmt in ("json", "jsonl"):
+        keys = tuple(f.name for f in fields(retry.DeadEntry))
+        emit_rows([asdict(e) for e in entries], keys, fmt)
+        return
+    views = [
+        {
+            "entry": e.id,
+            "incident": e.incident,
+            "direction": e.direction,
+            "operation": e.operation,
+            "fields": ",".join(e.fields) + (f" +{e.journal} journal" if e.journal else ""),
+            "attempts": len(e.attempts),
+            "last_attempt": e.attempts[-1].at if e.attempts else e.dead_at,
+            "error": e.error,
+        }
+        for e in entries
+    ]
+    columns = (
+        "entry",
+        "incident",
+        "direction",
+        "operation",
+        "fields",
+        "attempts",
+        "last_attempt",
+        "error",
+    )
+    emit_rows(views, columns, fmt)
+    if fmt == "table" and entries:
+        note("retry with `im integration dlq-retry NAME ENTRY` (sends current values), or discard")
+
+
+def _dlq_target(entry: str | None, all_: bool) -> str | None:
+    if bool(entry) == all_:
+        raise UsageError("give one ENTRY or --all")
+    return entry
+
+
+@integration.command("dlq-retry")
+@click.argument("name")
+@click.argument("entry", required=False)
+@click.option("--all", "all_", is_flag=True, help="Retry every entry of the integration.")
+def dlq_retry(name: str, entry: str | None, all_: bool) -> None:
+    """Send a DLQ entry again, with the incident's current values of its fields."""
+    from im.config import integrations as config
+    from im.sync import retry
+
+    target = _dlq_target(entry, all_)
+    ctx = app()
+    retried = retry.retry_dead(ctx.db, ctx.clock, config.find(ctx.db, name), target)
+    for entry_id in retried:
+        click.echo(f"{entry_id} queued again with current values")
+    if not retried:
+        click.echo("the DLQ is empty")
+
+
+@integration.command("dlq-discard")
+@click.argument("name")
+@click.argument("entry", required=False)
+@click.option("--all", "all_", is_flag=True, help="Discard every entry of the integration.")
+def dlq_discard(name: str, entry: str | None, all_: bool) -> None:
+    """Drop a DLQ entry without sending it."""
+    from im.config import integrations as config
+    from im.sync import retry
+
+    target = _dlq_target(entry, all_)
+    ctx = app()
+    discarded = retry.discard_dead(ctx.db, ctx.clock, config.find(ctx.db, name), target)
+    for entry_id in discarded:
+        click.echo(f"{entry_id} discarded")
+    if not discarded:
+        click.echo("the DLQ is empty")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +121,7 @@ def _run(
     tls_cert: str | None,
     tls_key: str | None,
 ) -> None:
-    import uvicorn
-
+    from im.daemon.server import Server
     from im.sim.core import Faults, parse_fault
     from im.sim.server import config, free_port, self_signed_certificate
 
@@ -153,10 +151,8 @@ def _run(
     scheme = "https" if cert else "http"
     url = f"{scheme}://{host}:{chosen}"
     _describe(kind, url, simulator.describe(), webhook_url, secret, webhook_secret is None, cert)
-    server = uvicorn.Server(config(simulator, host, chosen, cert, key, log_level="warning"))
-    # uvicorn re-raises the Ctrl-C it already handled: by then we are done
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+    server = Server(config(simulator, host, chosen, cert, key, log_level="warning"))
+    server.run()
     click.echo(f"{kind} simulator stopped", err=True)
 
 

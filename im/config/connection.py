@@ -109,13 +109,19 @@ WEBHOOK_PATH = "/webhooks/{name}"
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080"
 
 
-def webhook_url(public_url: str, name: str) -> str:
-    """The daemon's webhook URL for an integration. Raises ValidationError for a public URL
-    that is not an absolute http(s) URL."""
+def check_public_url(public_url: str) -> str:
+    """The URL where external systems reach the daemon, without a trailing slash. Raises
+    ValidationError unless it is an absolute http(s) URL without a query."""
     parsed = urlsplit(public_url.strip())
     if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query:
         raise ValidationError("--public-url must be an http(s) URL such as https://im.example.com")
-    return public_url.strip().rstrip("/") + WEBHOOK_PATH.format(name=name)
+    return public_url.strip().rstrip("/")
+
+
+def webhook_url(public_url: str, name: str) -> str:
+    """The daemon's webhook URL for an integration. Raises ValidationError for a bad public
+    URL."""
+    return check_public_url(public_url) + WEBHOOK_PATH.format(name=name)
 
 
 def webhook_setup(

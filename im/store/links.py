@@ -26,3 +26,28 @@ def for_incident(db: Database, incident_id: int) -> list[dict[str, Any]]:
             [incident_id],
         )
     )
+
+
+def create(
+    db: Database,
+    incident_id: int,
+    integration_id: int,
+    external_id: str,
+    external_key: str,
+    at: str,
+) -> None:
+    """Link the incident to its external record (a second link of the same pair is ignored:
+    the first one stands)."""
+    db.execute(
+        "INSERT OR IGNORE INTO links (incident_id, integration_id, external_id, external_key, "
+        "state, created_at) VALUES (?, ?, ?, ?, 'linked', ?)",
+        [incident_id, integration_id, external_id, external_key, at],
+    )
+
+
+def mark_broken(db: Database, incident_id: int, integration_id: int) -> None:
+    """The external record is gone (404 on update): reconcile reports it."""
+    db.execute(
+        "UPDATE links SET state = 'broken' WHERE incident_id = ? AND integration_id = ?",
+        [incident_id, integration_id],
+    )

@@ -106,3 +106,149 @@ def for_incident(db: Database, incident_id: int) -> list[dict[str, Any]]:
             [incident_id, *LIVE_STATES],
         )
     ]
+
+
+def get(db: Database, row_id: int) -> dict[str, Any] | None:
+    rows = list(db.query("SELECT * FROM outbox WHERE id = ?", [row_id]))
+    return _decode(rows[0]) if rows else None
+
+
+def reap(db: Database, now: str, every: bool = False) -> int:
+    """Take back rows whose lease expired (their dispatcher died), or with ``every`` all leased
+    rows (a daemon starting: the one that leased them is gone). No attempt is charged.
+
+    A row whose send had begun may have reached the vendor: a create becomes in-doubt (looked
+    up before it is sent again) and the attempt log says so, so the next send first looks for
+    journal entries that already arrived. A row that was only queued simply waits again.
+    """
+    cursor = db.execute(
+        "UPDATE outbox SET "
+        "state = CASE WHEN operation = 'create' AND sending_since IS NOT NULL "
+        "THEN 'in_doubt' ELSE 'pending' END, "
+        "attempt_log = CASE WHEN sending_since IS NULL THEN attempt_log ELSE "
+        "json_insert(attempt_log, '$[#]', json_object('at', :now, 'error', "
+        "'the dispatcher stopped while sending', 'charged', json('false'))) END, "
+        "lease_until = NULL, lease_owner = NULL, sending_since = NULL, updated_at = :now "
+        "WHERE state = 'in_flight' AND (:every OR lease_until < :now)",
+        {"now": now, "every": every},
+    )
+    return cursor.rowcount
+
+
+def due(db: Database, now: str, limit: int) -> list[dict[str, Any]]:
+    """Rows to send now, at most one per (incident, integration): the oldest live row of each
+    pair, when its time has come and its integration is enabled and not paused. An auth pause
+    ends when the integration changed (new credentials) after it began."""
+    return [
+        _decode(r)
+        for r in db.query(
+            """
+            SELECT o.* FROM outbox o
+            JOIN integrations i ON i.id = o.integration_id
+            LEFT JOIN integration_state s ON s.integration_id = o.integration_id
+            WHERE o.state IN ('pending', 'in_doubt') AND o.direction = 'outbound'
+              AND o.next_attempt_at <= :now AND i.enabled = 1
+              AND (s.paused_until IS NULL OR s.paused_until <= :now)
+              AND NOT (COALESCE(s.pause_reason, '') = 'auth-failing'
+                       AND i.updated_at <= s.paused_at)
+              AND (s.next_send_at IS NULL OR s.next_send_at <= :now)
+              AND NOT EXISTS (
+                  SELECT 1 FROM outbox p
+                  WHERE p.incident_id = o.incident_id AND p.integration_id = o.integration_id
+                    AND p.id < o.id AND p.state IN ('pending', 'in_flight', 'in_doubt'))
+            ORDER BY o.next_attempt_at, o.id
+            LIMIT :limit
+            """,
+            {"now": now, "limit": limit},
+        )
+    ]
+
+
+def lease(db: Database, row_id: int, owner: str, until: str, now: str) -> None:
+    db.execute(
+        "UPDATE outbox SET state = 'in_flight', lease_owner = ?, lease_until = ?, updated_at = ? "
+        "WHERE id = ?",
+        [owner, until, now, row_id],
+    )
+
+
+def sending(db: Database, row_id: int, now: str) -> None:
+    """The send of a leased row begins: from here its outcome may be unknown."""
+    db.execute("UPDATE outbox SET sending_since = ? WHERE id = ?", [now, row_id])
+
+
+def release(db: Database, row_id: int, state: str, now: str) -> None:
+    """Give a leased row back unsent (shutdown): no attempt is charged."""
+    db.execute(
+        "UPDATE outbox SET state = ?, lease_owner = NULL, lease_until = NULL, "
+        "sending_since = NULL, updated_at = ? WHERE id = ? AND state = 'in_flight'",
+        [state, now, row_id],
+    )
+
+
+def finish(db: Database, row_id: int, now: str) -> None:
+    db.execute(
+        "UPDATE outbox SET state = 'done', lease_owner = NULL, lease_until = NULL, "
+        "sending_since = NULL, last_error = NULL, done_at = ?, updated_at = ? WHERE id = ?",
+        [now, now, row_id],
+    )
+
+
+def reschedule(
+    db: Database,
+    row_id: int,
+    *,
+    state: str,
+    next_attempt_at: str,
+    now: str,
+    error: str,
+    charged: bool,
+    paused: bool = False,
+    changes: dict[str, Any] | None = None,
+) -> None:
+    """Put a row back to wait for ``next_attempt_at``: an attempt charged (``charged``) or a
+    pause counted (``paused``); the error is kept in its attempt log."""
+    row = get(db, row_id)
+    assert row is not None
+    log = json.loads(row["attempt_log"])
+    log.append({"at": now, "error": error, "charged": charged})
+    extra = changes or {}
+    values: dict[str, Any] = {
+        "state": state,
+        "next_attempt_at": next_attempt_at,
+        "lease_owner": None,
+        "lease_until": None,
+        "sending_since": None,
+        "last_error": error,
+        "attempts": row["attempts"] + (1 if charged else 0),
+        "pauses": row["pauses"] + (1 if paused else 0),
+        "attempt_log": json.dumps(log),
+        "updated_at": now,
+    }
+    if "fields" in extra:
+        values["fields"] = json.dumps(extra["fields"], sort_keys=True)
+    if "journal" in extra:
+        values["journal"] = json.dumps(extra["journal"])
+    if "operation" in extra:
+        values["operation"] = extra["operation"]
+    assignments = ", ".join(f"{column} = ?" for column in values)
+    db.execute(f"UPDATE outbox SET {assignments} WHERE id = ?", [*values.values(), row_id])
+
+
+def dead(db: Database, integration_id: int) -> list[dict[str, Any]]:
+    """The integration's DLQ entries, oldest first."""
+    return [
+        _decode(r)
+        for r in db.query(
+            "SELECT * FROM outbox WHERE integration_id = ? AND state = 'dead' ORDER BY id",
+            [integration_id],
+        )
+    ]
+
+
+def close_dead(db: Database, row_id: int, state: str, now: str) -> None:
+    """Take an entry out of the DLQ: ``retried`` or ``discarded`` (kept for the record)."""
+    db.execute(
+        "UPDATE outbox SET state = ?, updated_at = ? WHERE id = ? AND state = 'dead'",
+        [state, now, row_id],
+    )

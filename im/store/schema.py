@@ -147,6 +147,64 @@ def _foundation(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0002_dispatch")
+def _dispatch(db: Database) -> None:
+    _run(
+        db,
+        """
+        ALTER TABLE outbox ADD COLUMN direction TEXT NOT NULL DEFAULT 'outbound';
+        ALTER TABLE outbox ADD COLUMN pauses INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN attempt_log TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
+        ALTER TABLE outbox ADD COLUMN done_at TEXT;
+        ALTER TABLE outbox ADD COLUMN sending_since TEXT;
+        CREATE TABLE integration_state (
+            integration_id INTEGER PRIMARY KEY REFERENCES integrations(id) ON DELETE CASCADE,
+            pause_reason TEXT,
+            paused_at TEXT,
+            paused_until TEXT,
+            next_send_at TEXT,
+            last_success_at TEXT,
+            last_failure_at TEXT,
+            last_error TEXT
+        );
+        CREATE TABLE counters (
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            value INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (integration_id, name)
+        );
+        CREATE TABLE sync_snapshots (
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+            field TEXT NOT NULL,
+            value TEXT NOT NULL,
+            version TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (integration_id, incident_id, field)
+        );
+        CREATE TABLE journal_links (
+            journal_entry_id INTEGER NOT NULL REFERENCES journal_entries(id) ON DELETE CASCADE,
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            vendor_id TEXT NOT NULL,
+            linked_at TEXT NOT NULL,
+            PRIMARY KEY (journal_entry_id, integration_id),
+            UNIQUE (integration_id, vendor_id)
+        );
+        CREATE TABLE daemon (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            pid INTEGER NOT NULL,
+            hostname TEXT NOT NULL,
+            listen TEXT NOT NULL,
+            public_url TEXT,
+            started_at TEXT NOT NULL,
+            heartbeat_at TEXT NOT NULL,
+            stopped_at TEXT
+        )
+        """,
+    )
+
+
 def pending(db: Database) -> list[str]:
     return [m.name for m in MIGRATIONS.pending(db)]
 

@@ -1,0 +1,45 @@
+"""``im daemon``: the foreground service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from im.cli.context import app
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port."
+)
+@click.option(
+    "--public-url",
+    help="Where external systems reach this daemon (used by `im integration webhook-setup`).",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the log lines to this file.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="The least important log lines to write.",
+)
+def daemon(
+    host: str, port: int, public_url: str | None, log_file: Path | None, log_level: str
+) -> None:
+    """Run the sync service in the foreground: send queued changes with retries, serve the
+    HTTP endpoints, and stop cleanly on Ctrl-C or SIGTERM.
+
+    One daemon per database; a second one exits at once saying which is running. Log lines
+    are logfmt on stderr (and --log-file).
+    """
+    from im.daemon.service import Daemon, Options
+
+    ctx = app()
+    Daemon(Options(ctx.path, host, port, public_url, log_file, log_level), ctx.clock).run()

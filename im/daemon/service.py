@@ -1,0 +1,216 @@
+"""The daemon's life: one per database (an exclusive lock beside the database file), a
+heartbeat row every process can read, the dispatcher ticked by APScheduler, the HTTP server,
+and a graceful stop on SIGINT / SIGTERM (the row being sent finishes, the others' leases are
+given back) well within 10 s."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from im.clock import Clock, SystemClock, format_time
+from im.config.connection import check_public_url
+from im.daemon import logs, scheduler
+from im.daemon.app import create_app
+from im.errors import DatabaseBusyError, ImError, StateError, UsageError
+from im.store import daemon as daemon_rows
+from im.store import meta, open_database
+from im.store import outbox as outbox_rows
+from im.store.db import write
+from im.sync.dispatcher import Dispatcher
+
+STALE_DISPATCH_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Options:
+    db_path: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    log_file: Path | None = None
+    log_level: str = "info"
+
+
+def lock_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".daemon.lock")
+
+
+@contextlib.contextmanager
+def exclusive(db_path: Path, running: daemon_rows.DaemonStatus) -> Iterator[None]:
+    """Hold the database's daemon lock; a second daemon fails at once, naming the first.
+    The kernel drops the lock when the process dies, even by SIGKILL."""
+    path = lock_path(db_path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    handle: IO[str] = os.fdopen(fd, "r+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            where = f" (pid {running.pid}, listening on {running.listen})" if running.pid else ""
+            raise StateError(
+                f"a daemon is already running for {db_path}{where}",
+                "stop it first, or use another database with --db",
+            ) from None
+        yield
+    finally:
+        handle.close()
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}", "pass another --port"
+            ) from None
+
+
+class Daemon:
+    def __init__(self, options: Options, clock: Clock | None = None) -> None:
+        self.options = options
+        self.clock = clock or SystemClock()
+        self.logger = logging.getLogger(logs.LOGGER)
+        self._last_step = 0.0
+        self._scheduler: Any = None
+        self._dispatcher: Dispatcher | None = None
+        self._step_lock = threading.Lock()
+
+    def run(self) -> None:
+        """Serve until SIGINT / SIGTERM. Raises ImError for a database, lock or port problem."""
+        options = self.options
+        public_url = check_public_url(options.public_url) if options.public_url else None
+        db = open_database(options.db_path)
+        try:
+            running = daemon_rows.status(db, self.clock.now())
+            with exclusive(options.db_path, running):
+                _check_port(options.host, options.port)
+                self.logger = logs.setup(options.log_level, options.log_file)
+                now = format_time(self.clock.now())
+                with write(db):
+                    daemon_rows.register(
+                        db,
+                        {
+                            "pid": os.getpid(),
+                            "hostname": socket.gethostname(),
+                            "listen": f"{options.host}:{options.port}",
+                            "public_url": public_url,
+                            "started_at": now,
+                            "heartbeat_at": now,
+                        },
+                    )
+                    if public_url:
+                        meta.put(db, "public_url", public_url)
+                    taken_back = outbox_rows.reap(db, now, every=True)
+                logs.event(
+                    self.logger,
+                    "daemon.started",
+                    {
+                        "pid": os.getpid(),
+                        "listen": f"http://{options.host}:{options.port}",
+                        "database": str(options.db_path),
+                        "leases_taken_back": taken_back,
+                    },
+                )
+                self._serve()
+        finally:
+            db.close()
+
+    def _serve(self) -> None:
+        import uvicorn
+
+        from im.daemon.server import Server
+
+        app = create_app(self._ready, self._lifespan)
+        server = Server(
+            uvicorn.Config(
+                app,
+                host=self.options.host,
+                port=self.options.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+            )
+        )
+        server.run()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: object) -> AsyncIterator[None]:
+        self._start_work()
+        try:
+            yield
+        finally:
+            self._stop_work()
+
+    def _start_work(self) -> None:
+        work_db = open_database(self.options.db_path)
+        self._heartbeat_db = open_database(self.options.db_path)
+        self._dispatcher = Dispatcher(
+            work_db,
+            self.clock,
+            parallel=True,
+            log=lambda name, fields: logs.event(
+                self.logger, name, fields, logging.WARNING if "failed" in name else logging.INFO
+            ),
+        )
+        self._last_step = time.monotonic()
+        self._scheduler = scheduler.start(self._dispatch, self._beat, daemon_rows.HEARTBEAT_SECONDS)
+
+    def _stop_work(self) -> None:
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            dispatcher.stop()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)  # the running step finishes its current row
+        if dispatcher is not None:
+            dispatcher.close()
+            dispatcher.db.close()
+        with write(self._heartbeat_db):
+            daemon_rows.stopped(self._heartbeat_db, format_time(self.clock.now()))
+        self._heartbeat_db.close()
+        logs.event(self.logger, "daemon.stopped", {"pid": os.getpid()})
+
+    def _dispatch(self) -> None:
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return
+        with self._step_lock:
+            try:
+                dispatcher.step()
+            except DatabaseBusyError as exc:
+                logs.event(self.logger, "dispatch.busy", {"error": exc.message}, logging.WARNING)
+            except ImError as exc:
+                logs.event(self.logger, "dispatch.error", {"error": str(exc)}, logging.ERROR)
+            except Exception as exc:  # the loop must survive anything, and say what happened
+                logs.event(
+                    self.logger,
+                    "dispatch.error",
+                    {"error": type(exc).__name__, "detail": str(exc)[:200]},
+                    logging.ERROR,
+                )
+            self._last_step = time.monotonic()
+
+    def _beat(self) -> None:
+        try:
+            with write(self._heartbeat_db):
+                daemon_rows.beat(self._heartbeat_db, format_time(self.clock.now()))
+        except ImError as exc:
+            logs.event(self.logger, "heartbeat.failed", {"error": str(exc)}, logging.WARNING)
+
+    def _ready(self) -> tuple[bool, str]:
+        if self._scheduler is None or not self._scheduler.running:
+            return False, "the scheduler is not running"
+        if time.monotonic() - self._last_step > STALE_DISPATCH_SECONDS:
+            return False, "the dispatcher has not finished a step for 10 s"
+        return True, ""

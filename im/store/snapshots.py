@@ -1,0 +1,76 @@
+"""What each integration last acknowledged: per (integration, incident, field) the value sent
+and the vendor's version of the record (the synced snapshot, SPEC §4), and which vendor entry
+each platform journal entry became. Writers must be inside store.write()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlite_utils import Database
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    value: str
+    version: str | None
+
+
+def for_pair(db: Database, integration_id: int, incident_id: int) -> dict[str, Snapshot]:
+    return {
+        row["field"]: Snapshot(row["value"], row["version"])
+        for row in db.query(
+            "SELECT field, value, version FROM sync_snapshots "
+            "WHERE integration_id = ? AND incident_id = ?",
+            [integration_id, incident_id],
+        )
+    }
+
+
+def put(
+    db: Database,
+    integration_id: int,
+    incident_id: int,
+    values: dict[str, str],
+    version: str | None,
+    at: str,
+) -> None:
+    for field, value in values.items():
+        db.execute(
+            "INSERT INTO sync_snapshots (integration_id, incident_id, field, value, version, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (integration_id, incident_id, field) DO UPDATE SET "
+            "value = excluded.value, version = excluded.version, updated_at = excluded.updated_at",
+            [integration_id, incident_id, field, value, version, at],
+        )
+
+
+def linked_entries(db: Database, integration_id: int, entry_ids: list[int]) -> dict[int, str]:
+    """Platform journal entry id -> the vendor's entry id, for those already linked."""
+    if not entry_ids:
+        return {}
+    marks = ", ".join("?" for _ in entry_ids)
+    return {
+        row["journal_entry_id"]: row["vendor_id"]
+        for row in db.query(
+            f"SELECT journal_entry_id, vendor_id FROM journal_links "
+            f"WHERE integration_id = ? AND journal_entry_id IN ({marks})",
+            [integration_id, *entry_ids],
+        )
+    }
+
+
+def vendor_ids(db: Database, integration_id: int) -> set[str]:
+    return {
+        row["vendor_id"]
+        for row in db.query(
+            "SELECT vendor_id FROM journal_links WHERE integration_id = ?", [integration_id]
+        )
+    }
+
+
+def link_entry(db: Database, integration_id: int, entry_id: int, vendor_id: str, at: str) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO journal_links (journal_entry_id, integration_id, vendor_id, "
+        "linked_at) VALUES (?, ?, ?, ?)",
+        [entry_id, integration_id, vendor_id, at],
+    )

@@ -1,0 +1,88 @@
+"""Per-integration sync state: pauses (rate limit, failing credentials), client-side pacing,
+the last outcome of each kind, and the cumulative counters of SPEC §8. Writers must be inside
+store.write()."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlite_utils import Database
+
+RATE_LIMITED = "rate-limited"
+AUTH_FAILING = "auth-failing"
+
+
+def get(db: Database, integration_id: int) -> dict[str, Any]:
+    rows = list(
+        db.query("SELECT * FROM integration_state WHERE integration_id = ?", [integration_id])
+    )
+    return rows[0] if rows else {"integration_id": integration_id}
+
+
+def _put(db: Database, integration_id: int, values: dict[str, Any]) -> None:
+    columns = ", ".join(values)
+    marks = ", ".join("?" for _ in values)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in values)
+    db.execute(
+        f"INSERT INTO integration_state (integration_id, {columns}) VALUES (?, {marks}) "
+        f"ON CONFLICT (integration_id) DO UPDATE SET {updates}",
+        [integration_id, *values.values()],
+    )
+
+
+def pause(
+    db: Database, integration_id: int, reason: str, at: str, until: str | None, error: str
+) -> None:
+    """Stop sending for the integration: until a time (rate limit) or, with ``until`` None,
+    until its credentials change or a test passes (auth)."""
+    _put(
+        db,
+        integration_id,
+        {
+            "pause_reason": reason,
+            "paused_at": at,
+            "paused_until": until,
+            "last_failure_at": at,
+            "last_error": error,
+        },
+    )
+
+
+def resume(db: Database, integration_id: int) -> bool:
+    """Lift a pause. Returns whether there was one."""
+    cursor = db.execute(
+        "UPDATE integration_state SET pause_reason = NULL, paused_at = NULL, "
+        "paused_until = NULL WHERE integration_id = ? AND pause_reason IS NOT NULL",
+        [integration_id],
+    )
+    return cursor.rowcount > 0
+
+
+def pace(db: Database, integration_id: int, next_send_at: str) -> None:
+    _put(db, integration_id, {"next_send_at": next_send_at})
+
+
+def succeeded(db: Database, integration_id: int, at: str) -> None:
+    _put(db, integration_id, {"last_success_at": at})
+
+
+def failed(db: Database, integration_id: int, at: str, error: str) -> None:
+    _put(db, integration_id, {"last_failure_at": at, "last_error": error})
+
+
+def count(db: Database, integration_id: int, name: str, by: int = 1) -> None:
+    """Add to a counter, in the caller's transaction."""
+    db.execute(
+        "INSERT INTO counters (integration_id, name, value) VALUES (?, ?, ?) "
+        "ON CONFLICT (integration_id, name) DO UPDATE SET value = value + excluded.value",
+        [integration_id, name, by],
+    )
+
+
+def counters(db: Database, integration_id: int) -> dict[str, int]:
+    return {
+        row["name"]: row["value"]
+        for row in db.query(
+            "SELECT name, value FROM counters WHERE integration_id = ?", [integration_id]
+        )
+    }

@@ -1,0 +1,501 @@
+"""The Outbound Sync Service, sending side (SPEC §4): claims due outbox rows, sends them
+through the connectors, and records what happened.
+
+A plain object: a test steps it with an injected clock and injected transports, the daemon
+ticks it from APScheduler. One step:
+
+1. in one write transaction: take back expired leases, lease the due rows (the oldest live
+   row of each (incident, integration) pair, for enabled integrations that are not paused and
+   not ahead of their ``--rate-limit`` pace), and read everything a send needs;
+2. without holding the database: send (one thread per integration when ``parallel``);
+3. in one write transaction per row: link, snapshots, journal links, counters, and the row's
+   new state (done, retried later, paused, or in the DLQ).
+
+A create whose outcome is unknown (timeout, crash) is ``in_doubt``: before it is sent again the
+connector looks its correlation key up, so a vendor never gets a second record.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlite_utils import Database
+
+from im.clock import Clock, format_time
+from im.config import mapping
+from im.config.connection import open_connector
+from im.connectors.base import Connector, ExternalRecord, JournalEntry
+from im.connectors.http import ConnectorError, RateLimitedError
+from im.model import JOURNAL_FIELDS, Incident
+from im.store import incidents as incident_rows
+from im.store import integrations as integration_rows
+from im.store import links, snapshots, sync_state
+from im.store import outbox as rows
+from im.store.db import write
+from im.sync import retry
+from im.sync.retry import Treatment
+
+if TYPE_CHECKING:
+    import httpx
+
+LEASE_SECONDS = 60.0
+BATCH = 50
+# how far ahead --rate-limit lets a step claim: N/s allows N rows per second, in bursts
+PACE_WINDOW = 1.0
+
+Log = Callable[[str, dict[str, Any]], None]
+TransportFor = Callable[[Mapping[str, Any]], "httpx.BaseTransport | None"]
+
+
+@dataclass
+class Job:
+    """One leased row and everything its send needs, read inside the claim transaction."""
+
+    row: dict[str, Any]
+    integration: dict[str, Any]
+    incident: Incident
+    external_id: str | None  # None: the send creates the external record
+    broken: bool  # the record is gone (a 404 on an earlier update)
+    fields: dict[str, str]  # platform field -> platform value to send
+    journal: list[tuple[int, str, str]]  # (entry id, kind, body) not yet linked
+    snapshots: dict[str, snapshots.Snapshot]
+    known_vendor_ids: set[str]
+
+    @property
+    def creating(self) -> bool:
+        return self.external_id is None
+
+    @property
+    def retrying(self) -> bool:
+        """Sent before (or possibly sent): journal entries are looked up before appending."""
+        return bool(self.row["state"] == "in_doubt" or self.row["attempt_log"] != "[]")
+
+
+@dataclass
+class Result:
+    job: Job
+    record: ExternalRecord | None = None
+    sent: dict[str, str] = field(default_factory=dict)  # field -> normalised value sent
+    kept_external: dict[str, str] = field(default_factory=dict)  # newer external edits kept
+    journal: dict[int, str] = field(default_factory=dict)  # entry id -> vendor id
+    error: ConnectorError | None = None
+    released: bool = False  # not sent at all (shutdown)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    sent: int = 0
+    failed: int = 0
+    reaped: int = 0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        owner: str | None = None,
+        transport_for: TransportFor | None = None,
+        sleep: Callable[[float], None] | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+        batch: int = BATCH,
+        parallel: bool = False,
+        log: Log | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.owner = owner or f"{os.uname().nodename}:{os.getpid()}"
+        self._transport_for = transport_for
+        self._sleep = sleep
+        self._lease = timedelta(seconds=lease_seconds)
+        self._batch = batch
+        self._log = log or (lambda event, values: None)
+        self._connectors: dict[int, tuple[str, Connector]] = {}
+        self._lock = threading.Lock()
+        self._record_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(thread_name_prefix="im-send") if parallel else None
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def step(self) -> StepReport:
+        """Send what is due now. Returns how many rows were delivered and how many failed."""
+        reaped, jobs = self._claim()
+        if not jobs:
+            return StepReport(reaped=reaped)
+        groups: dict[int, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.integration["id"], []).append(job)
+        if self._pool is not None and len(groups) > 1:
+            results = [r for rs in self._pool.map(self._send_group, groups.values()) for r in rs]
+        else:
+            results = [r for group in groups.values() for r in self._send_group(group)]
+        sent = sum(1 for r in results if not r.released and r.error is None)
+        failed = sum(1 for r in results if not r.released and r.error is not None)
+        return StepReport(sent, failed, reaped)
+
+    def stop(self) -> None:
+        """Finish the row being sent and give the others back (graceful shutdown)."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for _, connector in self._connectors.values():
+            connector.close()
+        self._connectors.clear()
+
+    # -- 1. claim ----------------------------------------------------------------------------
+
+    def _claim(self) -> tuple[int, list[Job]]:
+        now = self.clock.now()
+        stamp = format_time(now)
+        jobs: list[Job] = []
+        with write(self.db):
+            reaped = rows.reap(self.db, stamp)
+            budget: dict[int, int] = {}
+            for row in rows.due(self.db, stamp, self._batch):
+                integration = integration_rows.find(self.db, str(row["integration_id"]))
+                if integration is None:
+                    continue
+                if not self._within_pace(integration, budget):
+                    continue
+                rows.lease(self.db, row["id"], self.owner, format_time(now + self._lease), stamp)
+                job = self._job(row, integration)
+                if job is None:
+                    continue
+                # built here, on this thread: senders must not touch the shared connection
+                self._connector(integration)
+                jobs.append(job)
+            for integration_id, used in budget.items():
+                rate = self._rate(integration_id)
+                if rate:
+                    sync_state.pace(
+                        self.db, integration_id, format_time(now + timedelta(seconds=used / rate))
+                    )
+        return reaped, jobs
+
+    def _rate(self, integration_id: int) -> float | None:
+        row = integration_rows.find(self.db, str(integration_id))
+        return float(row["rate_limit"]) if row and row["rate_limit"] else None
+
+    def _within_pace(self, integration: Mapping[str, Any], budget: dict[int, int]) -> bool:
+        """--rate-limit N/s: at most N rows per second, claimed up to a second ahead."""
+        rate = integration["rate_limit"]
+        if not rate:
+            return True
+        allowed = max(1, math.floor(float(rate) * PACE_WINDOW))
+        used = budget.get(integration["id"], 0)
+        if used >= allowed:
+            return False
+        budget[integration["id"]] = used + 1
+        return True
+
+    def _job(self, row: dict[str, Any], integration: dict[str, Any]) -> Job | None:
+        incident = incident_rows.get(self.db, row["incident_id"])
+        if incident is None:  # deleted since: nothing to send
+            rows.finish(self.db, row["id"], format_time(self.clock.now()))
+            return None
+        link = links.find(self.db, row["incident_id"], integration["id"])
+        fields = dict(row["fields"])
+        if link is None and row["operation"] == "update":
+            # its create was given up (DLQ) or never made: this row creates the record
+            table = mapping.mappings(
+                integration["type"],
+                integration["settings"],
+                integration_rows.overrides(self.db, integration["id"]),
+            )
+            fields = {
+                name: incident.value(name)
+                for name, fm in table.items()
+                if fm.synced and name not in JOURNAL_FIELDS and incident.value(name)
+            }
+        entry_ids = list(row["journal"])
+        linked = snapshots.linked_entries(self.db, integration["id"], entry_ids)
+        bodies = {e["id"]: e for e in incident_rows.journal(self.db, incident.id)}
+        journal = [
+            (entry_id, bodies[entry_id]["kind"], bodies[entry_id]["body"])
+            for entry_id in entry_ids
+            if entry_id in bodies and entry_id not in linked
+        ]
+        return Job(
+            row=row,
+            integration=integration,
+            incident=incident,
+            external_id=link["external_id"] if link else None,
+            broken=link is not None and link["state"] != "linked",
+            fields=fields,
+            journal=journal,
+            snapshots=snapshots.for_pair(self.db, integration["id"], incident.id),
+            known_vendor_ids=snapshots.vendor_ids(self.db, integration["id"]) if journal else set(),
+        )
+
+    # -- 2. send -----------------------------------------------------------------------------
+
+    def _send_group(self, jobs: list[Job]) -> list[Result]:
+        """Send one integration's rows in order, recording each as soon as it is done (so a
+        crash loses at most the row being sent)."""
+        results = []
+        for job in jobs:
+            if self._stopping.is_set():
+                result = Result(job, released=True)
+            else:
+                with self._record_lock, write(self.db):
+                    rows.sending(self.db, job.row["id"], format_time(self.clock.now()))
+                result = self._send(job)
+            with self._record_lock:  # one transaction at a time on the shared connection
+                self._record(result)
+            results.append(result)
+        return results
+
+    def _cached_connector(self, integration: Mapping[str, Any]) -> Connector:
+        with self._lock:
+            return self._connectors[integration["id"]][1]
+
+    def _connector(self, integration: Mapping[str, Any]) -> Connector:
+        """One connector per integration, rebuilt when the integration changes. Reads the
+        database: call it from the claiming thread only."""
+        with self._lock:
+            cached = self._connectors.get(integration["id"])
+            if cached is not None and cached[0] == integration["updated_at"]:
+                return cached[1]
+            if cached is not None:
+                cached[1].close()
+            transport = self._transport_for(integration) if self._transport_for else None
+            connector = open_connector(self.db, integration, transport=transport, sleep=self._sleep)
+            self._connectors[integration["id"]] = (integration["updated_at"], connector)
+            return connector
+
+    def _send(self, job: Job) -> Result:
+        result = Result(job)
+        try:
+            if job.broken:
+                raise _gone(job)
+            connector = self._cached_connector(job.integration)
+            external_id = self._send_fields(connector, job, result)
+            self._send_journal(connector, job, result, external_id)
+        except ConnectorError as exc:
+            result.error = exc
+        return result
+
+    def _send_fields(self, connector: Connector, job: Job, result: Result) -> str:
+        if job.creating:
+            record = None
+            if job.retrying:
+                record = connector.find_by_correlation(job.row["correlation_key"])
+            if record is None:
+                record = connector.create(job.fields, job.row["correlation_key"])
+            result.record = record
+            result.sent = {f: connector.normalise(f, v) for f, v in job.fields.items()}
+            return record.id
+        external_id = job.external_id
+        assert external_id is not None
+        if not job.fields:
+            return external_id
+        # Conditional update: a field changed there since our last sync is a concurrent edit;
+        # the newer of the two wins (last-write-wins) instead of being overwritten blindly.
+        current = connector.get(external_id)
+        changes: dict[str, str] = {}
+        for name, value in job.fields.items():
+            ours = connector.normalise(name, value)
+            theirs = current.fields.get(name)
+            snapshot = job.snapshots.get(name)
+            concurrent = (
+                snapshot is not None
+                and theirs is not None
+                and theirs != snapshot.value
+                and theirs != ours
+            )
+            if concurrent and current.updated_at > job.row["updated_at"]:
+                result.kept_external[name] = theirs or ""
+                continue
+            if theirs == ours:  # already so: nothing to write, still acknowledged
+                result.sent[name] = ours
+                continue
+            changes[name] = value
+        result.record = current
+        if changes:
+            result.record = connector.update(external_id, changes)
+            result.sent.update({f: connector.normalise(f, v) for f, v in changes.items()})
+        return external_id
+
+    def _send_journal(
+        self, connector: Connector, job: Job, result: Result, external_id: str
+    ) -> None:
+        if not job.journal:
+            return
+        existing: list[JournalEntry] = []
+        if job.retrying:  # a crash may have come between appending and recording the id
+            existing = connector.list_journal(external_id)
+        taken = set(job.known_vendor_ids)
+        for entry_id, kind, body in job.journal:
+            match = next(
+                (
+                    e
+                    for e in existing
+                    if e.field == kind
+                    and e.vendor_id not in taken
+                    and e.body.strip() == body.strip()
+                ),
+                None,
+            )
+            entry = match or connector.add_journal(external_id, kind, body)
+            taken.add(entry.vendor_id)
+            result.journal[entry_id] = entry.vendor_id
+
+    # -- 3. record ---------------------------------------------------------------------------
+
+    def _record(self, result: Result) -> None:
+        job, row = result.job, result.job.row
+        integration_id = job.integration["id"]
+        now = self.clock.now()
+        stamp = format_time(now)
+        with write(self.db):
+            if result.released:
+                rows.release(self.db, row["id"], row["state"], stamp)
+                return
+            if result.record is not None and job.creating:
+                links.create(
+                    self.db,
+                    job.incident.id,
+                    integration_id,
+                    result.record.id,
+                    result.record.key,
+                    stamp,
+                )
+            if result.sent and result.record is not None:
+                snapshots.put(
+                    self.db,
+                    integration_id,
+                    job.incident.id,
+                    result.sent,
+                    result.record.version,
+                    stamp,
+                )
+            for entry_id, vendor_id in result.journal.items():
+                snapshots.link_entry(self.db, integration_id, entry_id, vendor_id, stamp)
+            if result.error is None:
+                rows.finish(self.db, row["id"], stamp)
+                sync_state.count(self.db, integration_id, "outbound_success")
+                sync_state.succeeded(self.db, integration_id, stamp)
+                self._log("outbound.sent", self._context(result))
+                return
+            self._failed(result, stamp)
+
+    def _failed(self, result: Result, stamp: str) -> None:
+        job, row = result.job, result.job.row
+        error = result.error
+        assert error is not None
+        integration_id = job.integration["id"]
+        now = self.clock.now()
+        sync_state.count(self.db, integration_id, "outbound_failed")
+        sync_state.failed(self.db, integration_id, stamp, error.message)
+        # What is done stays done: a record that now exists is linked above, and the row keeps
+        # only what is left to send.
+        changes: dict[str, Any] = {}
+        if job.creating and result.record is not None:
+            changes = {"operation": "update", "fields": {}}
+        if result.journal:
+            changes["journal"] = [e for e in row["journal"] if e not in result.journal]
+        operation = "create" if job.creating and result.record is None else "update"
+        decision = retry.classify(
+            error,
+            operation,
+            row["attempts"],
+            row["pauses"],
+            bool(job.integration["rate_limit_backoff"]),
+        )
+        context = {**self._context(result), "error": error.message, "action": decision.treatment}
+        # a create that may have reached the vendor is looked up before it is sent again
+        maybe_sent = (
+            operation == "create" and error.retryable and not isinstance(error, RateLimitedError)
+        )
+        state = "in_doubt" if maybe_sent or row["state"] == "in_doubt" else "pending"
+        if operation == "update":
+            state = "pending"
+        treatment = decision.treatment
+        if treatment is Treatment.RATE_LIMITED:
+            until = format_time(now + timedelta(seconds=decision.wait))
+            sync_state.pause(
+                self.db, integration_id, sync_state.RATE_LIMITED, stamp, until, error.message
+            )
+            rows.reschedule(
+                self.db,
+                row["id"],
+                state=state,
+                next_attempt_at=until,
+                now=stamp,
+                error=error.message,
+                charged=False,
+                paused=True,
+                changes=changes,
+            )
+        elif treatment is Treatment.AUTH:
+            sync_state.pause(
+                self.db, integration_id, sync_state.AUTH_FAILING, stamp, None, error.message
+            )
+            rows.reschedule(
+                self.db,
+                row["id"],
+                state=state,
+                next_attempt_at=stamp,
+                now=stamp,
+                error=error.message,
+                charged=False,
+                changes=changes,
+            )
+        elif treatment is Treatment.RETRY:
+            rows.reschedule(
+                self.db,
+                row["id"],
+                state=state,
+                next_attempt_at=format_time(now + timedelta(seconds=decision.wait)),
+                now=stamp,
+                error=error.message,
+                charged=True,
+                changes=changes,
+            )
+        else:
+            if treatment is Treatment.GONE:
+                links.mark_broken(self.db, job.incident.id, integration_id)
+            rows.reschedule(
+                self.db,
+                row["id"],
+                state="dead",
+                next_attempt_at=stamp,
+                now=stamp,
+                error=error.message,
+                charged=True,
+                changes=changes,
+            )
+        self._log("outbound.failed", context)
+
+    def _context(self, result: Result) -> dict[str, Any]:
+        job = result.job
+        return {
+            "integration": job.integration["name"],
+            "incident": job.incident.display_id,
+            "operation": "create" if job.creating else "update",
+            "external": result.record.key if result.record else job.external_id or "",
+            "attempt": job.row["attempts"] + 1,
+            "fields": ",".join(sorted(result.sent)),
+            "journal": len(result.journal),
+        }
+
+
+def _gone(job: Job) -> ConnectorError:
+    from im.connectors.http import RecordNotFoundError
+
+    return RecordNotFoundError(
+        f"the external record {job.external_id} is gone (the link is broken)",
+        "run `im integration reconcile NAME` to recreate or unlink it",
+        status=404,
+    )

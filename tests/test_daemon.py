@@ -1,0 +1,254 @@
+"""`im daemon` as a real process against the three simulators on real sockets: one daemon per
+database, a clean stop on SIGTERM, end-to-end delivery that respects ownership, and a SIGKILL
+in the middle of delivery that loses nothing and duplicates nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlite_utils import Database
+
+from im.clock import SystemClock
+from im.config.connection import open_connector
+from im.sim.core import Simulator
+from im.sim.jira import JiraSimulator
+from im.sim.pagerduty import PagerDutySimulator
+from im.sim.server import Served, free_port, serve_in_thread
+from im.sim.servicenow import ServiceNowSimulator
+from im.store import integrations as integration_rows
+from tests.conftest import Im
+
+
+class Live(Im):
+    """The CLI on the real clock, so that what it queues is due for a real daemon."""
+
+
+@pytest.fixture
+def live(db_path: Path) -> Live:
+    im = Live(db_path, SystemClock())  # type: ignore[arg-type]
+    im.ok("init")
+    return im
+
+
+def start_daemon(db_path: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "im", "--db", str(db_path), "daemon", "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise AssertionError(f"the daemon exited: {process.stderr.read()}")  # type: ignore[union-attr]
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("the daemon did not become ready")
+
+
+def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=10)
+    return code, process.stderr.read()  # type: ignore[union-attr]
+
+
+def wait_until_sent(db_path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with Database(db_path) as db:
+            left = db.execute("SELECT count(*) FROM outbox WHERE state != 'done'").fetchone()[0]
+        if left == 0:
+            return
+        time.sleep(0.1)
+    with Database(db_path) as db:
+        stuck = list(
+            db.query(
+                "SELECT o.id, i.name, o.operation, o.state, o.attempts, o.next_attempt_at, "
+                "o.last_error FROM outbox o JOIN integrations i ON i.id = o.integration_id "
+                "WHERE o.state != 'done' ORDER BY o.id LIMIT 5"
+            )
+        )
+    raise AssertionError(f"{left} outbox rows still not sent, e.g. {stuck}")
+
+
+def test_one_daemon_per_database_and_a_clean_stop(live: Live, db_path: Path) -> None:
+    live.ok(
+        "integration", "create", "prod-pd", "--type", "pagerduty", "--url", f"http://127.0.0.1:{free_port()}",
+        "--from-email", "im@example.com", "--service", "PSVC001", env={"IM_API_TOKEN": "t"},
+    )  # fmt: skip
+    port = free_port()
+    first = start_daemon(db_path, port, "--log-file", str(db_path.parent / "daemon.log"))
+    try:
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "im",
+                "--db",
+                str(db_path),
+                "daemon",
+                "--port",
+                str(free_port()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 1
+        assert second.stderr.startswith(
+            f"error: a daemon is already running for {db_path} (pid {first.pid}"
+        )
+        created = live("incident", "create", "--title", "while running")
+        assert "no daemon is running" not in created.stderr
+    finally:
+        code, log = stop(first)
+    assert code == 0
+    assert "event=daemon.started" in log and "event=daemon.stopped" in log
+    assert "event=daemon.stopped" in (db_path.parent / "daemon.log").read_text()
+    after = live("incident", "create", "--title", "after the stop")
+    assert "no daemon is running" in after.stderr
+
+
+SIMULATORS = {
+    "servicenow": ServiceNowSimulator,
+    "jira": JiraSimulator,
+    "pagerduty": PagerDutySimulator,
+}
+
+
+@pytest.fixture
+def served() -> Iterator[dict[str, tuple[Simulator, Served]]]:
+    with ExitStack() as stack:
+        result = {}
+        for kind, factory in SIMULATORS.items():
+            sim = factory()
+            result[kind] = (sim, stack.enter_context(serve_in_thread(sim)))
+        yield result
+
+
+def create_integrations(im: Im, served: dict[str, tuple[Simulator, Served]]) -> None:
+    snow, jira, pd = (served[k][1].url for k in ("servicenow", "jira", "pagerduty"))
+    im.ok(
+        "integration", "create", "prod-snow", "--type", "servicenow", "--url", snow,
+        "--username", "im-integration", env={"IM_PASSWORD": "im-integration"},
+    )  # fmt: skip
+    im.ok(
+        "integration", "create", "prod-jira", "--type", "jira", "--url", jira,
+        "--email", "im-integration@example.com", "--project", "OPS",
+        env={"IM_API_TOKEN": "im-integration-token"},
+    )  # fmt: skip
+    im.ok(
+        "integration", "create", "prod-pd", "--type", "pagerduty", "--url", pd,
+        "--from-email", "im-integration@example.com", "--service", "PSVC001",
+        "--escalation-policy", "PEP0001", env={"IM_API_TOKEN": "im-integration-token"},
+    )  # fmt: skip
+
+
+def external(db_path: Path, name: str, incident: int) -> dict[str, str]:
+    with Database(db_path) as db:
+        from im.store import open_database
+
+        store = open_database(db_path)
+        integration = integration_rows.find(store, name)
+        assert integration is not None
+        link = db.execute(
+            "SELECT external_id FROM links WHERE integration_id = ? AND incident_id = ?",
+            [integration["id"], incident],
+        ).fetchone()
+        assert link, f"INC-{incident} not linked to {name}"
+        connector = open_connector(store, integration)
+        try:
+            record = connector.get(link[0])
+            notes = connector.list_journal(link[0])
+        finally:
+            connector.close()
+            store.close()
+    return {**record.fields, "_journal": json.dumps(sorted(e.body for e in notes))}
+
+
+def test_incidents_and_updates_reach_all_three_systems_through_the_daemon(
+    live: Live, db_path: Path, served: dict[str, tuple[Simulator, Served]]
+) -> None:
+    create_integrations(live, served)
+    daemon = start_daemon(db_path, free_port())
+    try:
+        live.ok("incident", "create", "--title", "Checkout API 5xx", "--severity", "sev2")
+        wait_until_sent(db_path)  # else the update rides on the create, which sends every field
+        live.ok(
+            "incident",
+            "update",
+            "INC-1",
+            "--assigned-to",
+            "alice@example.com",
+            "--title",
+            "Checkout API 502s",
+        )
+        live.ok("incident", "comment", "INC-1", "DB failover at 09:12", "--work-note")
+        wait_until_sent(db_path)
+    finally:
+        code, _ = stop(daemon)
+    assert code == 0
+    snow = external(db_path, "prod-snow", 1)
+    jira = external(db_path, "prod-jira", 1)
+    pd = external(db_path, "prod-pd", 1)
+    assert snow["title"] == jira["title"] == pd["title"] == "Checkout API 502s"
+    assert snow["severity"] == "sev2"
+    # every default gives assigned_to to the external side: the update does not send it
+    assert [r.get("assigned_to", "") for r in (snow, jira, pd)] == ["", "", ""]
+    assert json.loads(jira["_journal"]) == ["DB failover at 09:12"]
+    # work notes: ServiceNow owns its own, Jira and PagerDuty get ours
+    assert json.loads(pd["_journal"]) == ["DB failover at 09:12"]
+    assert json.loads(snow["_journal"]) == []
+    for sim, _ in served.values():
+        assert sim.record_count() == 1
+
+
+def test_a_daemon_killed_mid_delivery_loses_and_duplicates_nothing(
+    live: Live, db_path: Path, served: dict[str, tuple[Simulator, Served]]
+) -> None:
+    create_integrations(live, served)
+    for sim, _ in served.values():
+        sim.faults.update({"latency": 0.03})
+    count = 12
+    for n in range(1, count + 1):
+        live.ok("incident", "create", "--title", f"incident {n}")
+        live.ok("incident", "comment", f"INC-{n}", f"note {n}", "--work-note")
+    port = free_port()
+    daemon = start_daemon(db_path, port)
+    time.sleep(0.6)  # mid-delivery
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(timeout=10)
+    with Database(db_path) as db:
+        done = db.execute("SELECT count(*) FROM outbox WHERE state = 'done'").fetchone()[0]
+    assert 0 < done < count * 3, "the kill should land in the middle of delivery"
+    for n in range(1, count + 1):
+        live.ok("incident", "update", f"INC-{n}", "--title", f"incident {n}, renamed")
+    restarted = start_daemon(db_path, port)
+    try:
+        wait_until_sent(db_path)
+    finally:
+        stop(restarted)
+    for sim, _ in served.values():
+        assert sim.record_count() == count
+    for n in range(1, count + 1):
+        pd = external(db_path, "prod-pd", n)
+        jira = external(db_path, "prod-jira", n)
+        assert pd["title"] == jira["title"] == f"incident {n}, renamed"
+        assert json.loads(pd["_journal"]) == [f"note {n}"]
+        assert json.loads(jira["_journal"]) == [f"note {n}"]
+    assert os.path.exists(str(db_path) + ".daemon.lock")
