@@ -428,3 +428,17 @@ def test_client_side_rate_limit_paces_sending(world: World) -> None:
     world.step()
     assert world.sims["prod-pd"].record_count() == 5
     assert world.sims["prod-jira"].record_count() == 5  # other integrations are not paced
+
+
+def test_dlq_table_shows_every_attempt(world: World) -> None:
+    n = new_incident(world)
+    world.sims["prod-pd"].faults.update({"error_rate": 1})
+    world.step()
+    for wait in (30, 120, 480, 1800):
+        world.clock.advance(wait)
+        world.step()
+    out = world.im.ok("integration", "dlq", "prod-pd")
+    lines = [line for line in out.splitlines() if line.startswith("entry-")]
+    assert len(lines) == 5
+    assert all(f"INC-{n}" in line and "500" in line for line in lines)
+    assert [line.split()[5] for line in lines] == ["1", "2", "3", "4", "5"]

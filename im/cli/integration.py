@@ -282,6 +282,7 @@ def dlq(name: str, fmt: str) -> None:
         keys = tuple(f.name for f in fields(retry.DeadEntry))
         emit_rows([asdict(e) for e in entries], keys, fmt)
         return
+    # one line per attempt, so every attempt's time and error shows
     views = [
         {
             "entry": e.id,
@@ -289,31 +290,34 @@ def dlq(name: str, fmt: str) -> None:
             "direction": e.direction,
             "operation": e.operation,
             "fields": ",".join(e.fields) + (f" +{e.journal} journal" if e.journal else ""),
-            "attempts": len(e.attempts),
-            "last_attempt": e.attempts[-1].at if e.attempts else e.dead_at,
-            "error": e.error,
+            "attempt": n,
+            "at": attempt.at,
+            "error": attempt.error if attempt.charged else f"(not counted) {attempt.error}",
         }
         for e in entries
+        for n, attempt in enumerate(e.attempts, start=1)
     ]
-    columns = (
-        "entry",
-        "incident",
-        "direction",
-        "operation",
-        "fields",
-        "attempts",
-        "last_attempt",
-        "error",
-    )
+    columns = ("entry", "incident", "direction", "operation", "fields", "attempt", "at", "error")
     emit_rows(views, columns, fmt)
     if fmt == "table" and entries:
         note("retry with `im integration dlq-retry NAME ENTRY` (sends current values), or discard")
 
 
-def _dlq_target(entry: str | None, all_: bool) -> str | None:
+def _dlq_act(name: str, entry: str | None, all_: bool, retrying: bool) -> None:
+    from im.config import integrations as config
+    from im.sync import retry
+
     if bool(entry) == all_:
         raise UsageError("give one ENTRY or --all")
-    return entry
+    ctx = app()
+    act = retry.retry_dead if retrying else retry.discard_dead
+    done = act(ctx.db, ctx.clock, config.find(ctx.db, name), entry)
+    for entry_id in done:
+        click.echo(
+            f"{entry_id} queued again with current values" if retrying else f"{entry_id} discarded"
+        )
+    if not done:
+        click.echo("the DLQ is empty")
 
 
 @integration.command("dlq-retry")
@@ -322,16 +326,7 @@ def _dlq_target(entry: str | None, all_: bool) -> str | None:
 @click.option("--all", "all_", is_flag=True, help="Retry every entry of the integration.")
 def dlq_retry(name: str, entry: str | None, all_: bool) -> None:
     """Send a DLQ entry again, with the incident's current values of its fields."""
-    from im.config import integrations as config
-    from im.sync import retry
-
-    target = _dlq_target(entry, all_)
-    ctx = app()
-    retried = retry.retry_dead(ctx.db, ctx.clock, config.find(ctx.db, name), target)
-    for entry_id in retried:
-        click.echo(f"{entry_id} queued again with current values")
-    if not retried:
-        click.echo("the DLQ is empty")
+    _dlq_act(name, entry, all_, retrying=True)
 
 
 @integration.command("dlq-discard")
@@ -340,13 +335,4 @@ def dlq_retry(name: str, entry: str | None, all_: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Discard every entry of the integration.")
 def dlq_discard(name: str, entry: str | None, all_: bool) -> None:
     """Drop a DLQ entry without sending it."""
-    from im.config import integrations as config
-    from im.sync import retry
-
-    target = _dlq_target(entry, all_)
-    ctx = app()
-    discarded = retry.discard_dead(ctx.db, ctx.clock, config.find(ctx.db, name), target)
-    for entry_id in discarded:
-        click.echo(f"{entry_id} discarded")
-    if not discarded:
-        click.echo("the DLQ is empty")
+    _dlq_act(name, entry, all_, retrying=False)

@@ -121,7 +121,7 @@ def _run(
     tls_cert: str | None,
     tls_key: str | None,
 ) -> None:
-    from im.daemon.server import Server
+    from im.daemon.server import Server, check_port
     from im.sim.core import Faults, parse_fault
     from im.sim.server import config, free_port, self_signed_certificate
 
@@ -147,26 +147,13 @@ def _run(
     chosen = port if port is not None else DEFAULT_PORTS[kind]
     if chosen == 0:
         chosen = free_port(host)
-    _check_free(host, chosen)
+    check_port(host, chosen)
     scheme = "https" if cert else "http"
     url = f"{scheme}://{host}:{chosen}"
     _describe(kind, url, simulator.describe(), webhook_url, secret, webhook_secret is None, cert)
     server = Server(config(simulator, host, chosen, cert, key, log_level="warning"))
     server.run()
     click.echo(f"{kind} simulator stopped", err=True)
-
-
-def _check_free(host: str, port: int) -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise UsageError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}", "pass another --port"
-            ) from None
 
 
 def _describe(

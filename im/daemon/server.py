@@ -6,9 +6,24 @@ program stops too. Here the shutdown is the program's own clean end, so it exits
 
 from __future__ import annotations
 
+import socket
 from types import FrameType
 
 import uvicorn
+
+from im.errors import UsageError
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with one clear line, before anything starts, when the port is taken."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}", "pass another --port"
+            ) from None
 
 
 class Server(uvicorn.Server):

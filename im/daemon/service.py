@@ -21,7 +21,8 @@ from im.clock import Clock, SystemClock, format_time
 from im.config.connection import check_public_url
 from im.daemon import logs, scheduler
 from im.daemon.app import create_app
-from im.errors import DatabaseBusyError, ImError, StateError, UsageError
+from im.daemon.server import check_port
+from im.errors import DatabaseBusyError, ImError, StateError
 from im.store import daemon as daemon_rows
 from im.store import meta, open_database
 from im.store import outbox as outbox_rows
@@ -66,17 +67,6 @@ def exclusive(db_path: Path, running: daemon_rows.DaemonStatus) -> Iterator[None
         handle.close()
 
 
-def _check_port(host: str, port: int) -> None:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise UsageError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}", "pass another --port"
-            ) from None
-
-
 class Daemon:
     def __init__(self, options: Options, clock: Clock | None = None) -> None:
         self.options = options
@@ -95,7 +85,7 @@ class Daemon:
         try:
             running = daemon_rows.status(db, self.clock.now())
             with exclusive(options.db_path, running):
-                _check_port(options.host, options.port)
+                check_port(options.host, options.port)
                 self.logger = logs.setup(options.log_level, options.log_file)
                 now = format_time(self.clock.now())
                 with write(db):

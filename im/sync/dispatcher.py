@@ -422,60 +422,34 @@ class Dispatcher:
         if operation == "update":
             state = "pending"
         treatment = decision.treatment
+        next_at, charged = stamp, True
         if treatment is Treatment.RATE_LIMITED:
-            until = format_time(now + timedelta(seconds=decision.wait))
+            next_at, charged = format_time(now + timedelta(seconds=decision.wait)), False
             sync_state.pause(
-                self.db, integration_id, sync_state.RATE_LIMITED, stamp, until, error.message
-            )
-            rows.reschedule(
-                self.db,
-                row["id"],
-                state=state,
-                next_attempt_at=until,
-                now=stamp,
-                error=error.message,
-                charged=False,
-                paused=True,
-                changes=changes,
+                self.db, integration_id, sync_state.RATE_LIMITED, stamp, next_at, error.message
             )
         elif treatment is Treatment.AUTH:
+            charged = False
             sync_state.pause(
                 self.db, integration_id, sync_state.AUTH_FAILING, stamp, None, error.message
             )
-            rows.reschedule(
-                self.db,
-                row["id"],
-                state=state,
-                next_attempt_at=stamp,
-                now=stamp,
-                error=error.message,
-                charged=False,
-                changes=changes,
-            )
         elif treatment is Treatment.RETRY:
-            rows.reschedule(
-                self.db,
-                row["id"],
-                state=state,
-                next_attempt_at=format_time(now + timedelta(seconds=decision.wait)),
-                now=stamp,
-                error=error.message,
-                charged=True,
-                changes=changes,
-            )
-        else:
+            next_at = format_time(now + timedelta(seconds=decision.wait))
+        else:  # the DLQ
+            state = "dead"
             if treatment is Treatment.GONE:
                 links.mark_broken(self.db, job.incident.id, integration_id)
-            rows.reschedule(
-                self.db,
-                row["id"],
-                state="dead",
-                next_attempt_at=stamp,
-                now=stamp,
-                error=error.message,
-                charged=True,
-                changes=changes,
-            )
+        rows.reschedule(
+            self.db,
+            row["id"],
+            state=state,
+            next_attempt_at=next_at,
+            now=stamp,
+            error=error.message,
+            charged=charged,
+            paused=treatment is Treatment.RATE_LIMITED,
+            changes=changes,
+        )
         self._log("outbound.failed", context)
 
     def _context(self, result: Result) -> dict[str, Any]:
