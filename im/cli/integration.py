@@ -299,8 +299,12 @@ def dlq(name: str, fmt: str) -> None:
     ]
     columns = ("entry", "incident", "direction", "operation", "fields", "attempt", "at", "error")
     emit_rows(views, columns, fmt)
-    if fmt == "table" and entries:
-        note("retry with `im integration dlq-retry NAME ENTRY` (sends current values), or discard")
+    if fmt == "table":
+        note(
+            "retry with `im integration dlq-retry NAME ENTRY` (sends current values), or discard"
+            if entries
+            else "the dead letter queue is empty"
+        )
 
 
 def _dlq_act(name: str, entry: str | None, all_: bool, retrying: bool) -> None:
