@@ -39,6 +39,7 @@ class Change:
     incident: Incident
     changes: list[tuple[str, str | None, str]] = field(default_factory=list)
     queued: list[Queued] = field(default_factory=list)
+    journal_entry: int | None = None  # the entry a comment added
 
 
 def get(db: Database, ref: str | int) -> Incident:
@@ -65,9 +66,15 @@ def _validated(values: dict[str, str]) -> dict[str, str]:
 
 
 def create(
-    db: Database, clock: Clock, actor: str, values: dict[str, str], source: str = PLATFORM
+    db: Database,
+    clock: Clock,
+    actor: str,
+    values: dict[str, str],
+    source: str = PLATFORM,
+    origin: int | None = None,
 ) -> Change:
-    """Create an incident (status ``triggered``) and queue it for every outbound integration."""
+    """Create an incident (status ``triggered``) and queue it for every outbound integration
+    but ``origin`` (the integration a synced-in change came from)."""
     if "status" in values:
         raise UsageError(
             "a new incident starts triggered; change its status with `im incident update`"
@@ -95,12 +102,18 @@ def create(
         for name in changed:
             rows.add_change(db, incident_id, name, None, record[name], source, actor, now)
         incident = get(db, incident_id)
-        queued = enqueue(db, incident, changed, [], now)
+        queued = enqueue(db, incident, changed, [], now, exclude_integration=origin)
     return Change(incident, [(n, None, record[n]) for n in changed], queued)
 
 
 def update(
-    db: Database, clock: Clock, actor: str, ref: str, values: dict[str, str], source: str = PLATFORM
+    db: Database,
+    clock: Clock,
+    actor: str,
+    ref: str,
+    values: dict[str, str],
+    source: str = PLATFORM,
+    origin: int | None = None,
 ) -> Change:
     """Change fields of an incident; unchanged values are no change. Raises StateError for a
     status move the status machine forbids."""
@@ -121,12 +134,19 @@ def update(
         for name, value in diff.items():
             rows.add_change(db, before.id, name, before.value(name), value, source, actor, now)
         after = get(db, before.id)
-        queued = enqueue(db, after, list(diff), [], now)
+        queued = enqueue(db, after, list(diff), [], now, exclude_integration=origin)
     return Change(after, [(n, before.value(n), v) for n, v in diff.items()], queued)
 
 
 def comment(
-    db: Database, clock: Clock, actor: str, ref: str, kind: str, body: str, source: str = PLATFORM
+    db: Database,
+    clock: Clock,
+    actor: str,
+    ref: str,
+    kind: str,
+    body: str,
+    source: str = PLATFORM,
+    origin: int | None = None,
 ) -> Change:
     """Append a journal entry (``comments`` or ``work_notes``) and queue it."""
     if kind not in JOURNAL_FIELDS:
@@ -139,8 +159,8 @@ def comment(
         rows.add_change(db, incident.id, kind, None, text, source, actor, now)
         rows.update(db, incident.id, {"updated_at": now})
         incident = get(db, incident.id)
-        queued = enqueue(db, incident, [], [(entry_id, kind)], now)
-    return Change(incident, [(kind, None, text)], queued)
+        queued = enqueue(db, incident, [], [(entry_id, kind)], now, exclude_integration=origin)
+    return Change(incident, [(kind, None, text)], queued, entry_id)
 
 
 def listing(db: Database, limit: int | None, status: str | None) -> list[Incident]:

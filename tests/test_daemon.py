@@ -252,3 +252,61 @@ def test_a_daemon_killed_mid_delivery_loses_and_duplicates_nothing(
         assert json.loads(pd["_journal"]) == [f"note {n}"]
         assert json.loads(jira["_journal"]) == [f"note {n}"]
     assert os.path.exists(str(db_path) + ".daemon.lock")
+
+
+def test_an_agents_edit_comes_back_through_the_daemons_webhook(live: Live, db_path: Path) -> None:
+    port = free_port()
+    secret = "jira-shared-secret-0123456789abcdef"
+    sim = JiraSimulator(
+        webhook_url=f"http://127.0.0.1:{port}/webhooks/prod-jira", webhook_secret=secret
+    )
+    with serve_in_thread(sim) as running:
+        live.ok(
+            "integration", "create", "prod-jira", "--type", "jira", "--url", running.url,
+            "--email", "im-integration@example.com", "--project", "OPS", "--client-key", "im-sim-jira",
+            "--direction", "bidirectional",
+            env={"IM_API_TOKEN": "im-integration-token", "IM_WEBHOOK_SECRET": secret},
+        )  # fmt: skip
+        daemon = start_daemon(db_path, port, "--public-url", f"http://127.0.0.1:{port}")
+        try:
+            live.ok("incident", "create", "--title", "Checkout API 5xx")
+            wait_until_sent(db_path)
+            with Database(db_path) as db:
+                issue = db.execute("SELECT external_id FROM links").fetchone()[0]
+            with httpx.Client(
+                base_url=running.url, auth=("agent@example.com", "agent-token")
+            ) as agent:
+                agent.put(
+                    f"/rest/api/3/issue/{issue}", json={"fields": {"summary": "renamed in Jira"}}
+                )
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                shown = json.loads(live.ok("incident", "show", "INC-1", "--format", "json"))
+                if shown["title"] == "renamed in Jira":
+                    break
+                time.sleep(0.1)
+            assert shown["title"] == "renamed in Jira"
+            events = json.loads(live.ok("integration", "events", "prod-jira", "--format", "json"))
+            assert [e["state"] for e in events][:2] == ["applied", "echo"]
+        finally:
+            stop(daemon)
+
+
+def test_the_daemon_serves_the_rest_api_with_a_token(live: Live, db_path: Path) -> None:
+    token = live.ok("token", "create", "ci").strip()
+    port = free_port()
+    daemon = start_daemon(db_path, port)
+    try:
+        base = f"http://127.0.0.1:{port}/api/v1"
+        assert httpx.get(f"{base}/incidents").status_code == 401
+        made = httpx.post(
+            f"{base}/incidents",
+            json={"title": "from the API"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert made.status_code == 201
+        listed = httpx.get(f"{base}/incidents", headers={"Authorization": f"Bearer {token}"})
+        assert [i["title"] for i in listed.json()] == ["from the API"]
+        assert httpx.get(f"{base}/openapi.json").json()["paths"]
+    finally:
+        stop(daemon)

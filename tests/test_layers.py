@@ -1,4 +1,4 @@
-"""Imports only point down: the core (everything below the front ends cli, daemon, tui, sim)
+"""Imports only point down: the core (everything below the front ends cli, daemon, tui, sim, api)
 never imports click, rich, textual, the web framework or APScheduler, nor a front end."""
 
 from __future__ import annotations
@@ -11,8 +11,17 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "im"
-FRONT_ENDS = ("cli", "daemon", "tui", "sim")
-FRONT_END_LIBRARIES = {"click", "rich", "textual", "fastapi", "starlette", "uvicorn", "apscheduler"}
+FRONT_ENDS = ("cli", "daemon", "tui", "sim", "api")
+FRONT_END_LIBRARIES = {
+    "click",
+    "rich",
+    "textual",
+    "fastapi",
+    "pydantic",
+    "starlette",
+    "uvicorn",
+    "apscheduler",
+}
 CORE_FILES = sorted(
     p
     for p in PACKAGE.rglob("*.py")

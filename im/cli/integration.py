@@ -340,3 +340,39 @@ def dlq_retry(name: str, entry: str | None, all_: bool) -> None:
 def dlq_discard(name: str, entry: str | None, all_: bool) -> None:
     """Drop a DLQ entry without sending it."""
     _dlq_act(name, entry, all_, retrying=False)
+
+
+@integration.command()
+@click.argument("name")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10000),
+    default=50,
+    show_default=True,
+    help="How many, newest first.",
+)
+@format_option
+def events(name: str, limit: int, fmt: str) -> None:
+    """List recent inbound webhook deliveries with their outcome (bodies are never shown)."""
+    from im.config import integrations as config
+    from im.model import incident_display_id
+    from im.store import inbound
+
+    ctx = app()
+    integration = config.find(ctx.db, name)
+    rows = [
+        {
+            "event": r["id"],
+            "received_at": r["received_at"],
+            "state": r["state"],
+            "event_type": r["event_type"] or "",
+            "external_id": r["external_id"] or "",
+            "incident": incident_display_id(r["incident_id"]) if r["incident_id"] else "",
+            "delivery_id": r["delivery_id"] or "",
+            "outcome": r["outcome"] or "",
+            "attempts": r["attempts"],
+        }
+        for r in inbound.recent(ctx.db, integration["id"], limit)
+    ]
+    columns = ("event", "received_at", "state", "event_type", "external_id", "incident", "outcome")
+    emit_rows(rows, columns if fmt == "table" else (*columns, "delivery_id", "attempts"), fmt)

@@ -137,3 +137,43 @@ def webhook_setup(
         return connector.webhook_setup(url, value)
     finally:
         connector.close()
+
+
+TransportFor = Callable[[Mapping[str, Any]], "httpx.BaseTransport | None"]
+
+
+class ConnectorCache:
+    """One connector per integration, rebuilt when the integration changes (new settings or
+    credentials). ``get`` reads the database: call it from the thread that owns ``db``."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        transport_for: TransportFor | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._transport_for = transport_for
+        self._sleep = sleep
+        self._connectors: dict[int, tuple[str, Connector]] = {}
+
+    def get(self, integration: Mapping[str, Any]) -> Connector:
+        cached = self._connectors.get(integration["id"])
+        if cached is not None and cached[0] == integration["updated_at"]:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        transport = self._transport_for(integration) if self._transport_for else None
+        connector = open_connector(self._db, integration, transport=transport, sleep=self._sleep)
+        self._connectors[integration["id"]] = (integration["updated_at"], connector)
+        return connector
+
+    def built(self, integration: Mapping[str, Any]) -> Connector:
+        """The connector ``get`` built last for the integration (no database access)."""
+        return self._connectors[integration["id"]][1]
+
+    def close(self) -> None:
+        for _, connector in self._connectors.values():
+            connector.close()
+        self._connectors.clear()

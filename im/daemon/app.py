@@ -1,25 +1,31 @@
-"""The daemon's ASGI app. Health checks now; the webhook receiver, the REST API and /metrics
+"""The daemon's ASGI app: health checks and the webhook receiver; the REST API and /metrics
 mount here as they come."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+Webhook = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(
-    ready: Callable[[], tuple[bool, str]], lifespan: Lifespan | None = None
+    ready: Callable[[], tuple[bool, str]],
+    lifespan: Lifespan | None = None,
+    webhook: Webhook | None = None,
+    api: ASGIApp | None = None,
 ) -> Starlette:
     """``ready()`` says whether the daemon can do its work (database reachable, scheduler
-    running) and why not."""
+    running) and why not; ``webhook`` answers ``POST /webhooks/{integration}``; ``api`` is
+    the REST API, served under ``/api/v1``."""
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -35,7 +41,9 @@ def create_app(
     async def no_lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
 
-    return Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
-        lifespan=lifespan or no_lifespan,
-    )
+    routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    if webhook is not None:
+        routes.append(Route("/webhooks/{integration}", webhook, methods=["POST"]))
+    if api is not None:
+        routes.append(Mount("/api/v1", app=api))
+    return Starlette(routes=routes, lifespan=lifespan or no_lifespan)

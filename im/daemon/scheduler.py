@@ -1,24 +1,24 @@
-"""APScheduler ticks: the dispatcher about every 100 ms, the heartbeat every second. The
-outbox row's ``next_attempt_at`` is the only source of truth for retries: there is no job per
-row, so a restart loses nothing."""
+"""APScheduler ticks: the dispatcher and the inbound applier about every 100 ms, the heartbeat
+every second, the dedupe purge hourly. The outbox row's ``next_attempt_at`` (and the stored
+event's) is the only source of truth for retries: there is no job per row, so a restart loses
+nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-DISPATCH_SECONDS = 0.1
+TICK_SECONDS = 0.1
 
 
-def start(
-    dispatch: Callable[[], object], heartbeat: Callable[[], object], beat_seconds: float
-) -> BackgroundScheduler:
+def start(jobs: Mapping[str, tuple[Callable[[], object], float]]) -> BackgroundScheduler:
+    """Run each job every so many seconds, never two runs of one job at once."""
     scheduler = BackgroundScheduler(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        executors={"default": {"type": "threadpool", "max_workers": 2}},
+        executors={"default": {"type": "threadpool", "max_workers": len(jobs)}},
     )
-    scheduler.add_job(dispatch, "interval", seconds=DISPATCH_SECONDS, id="dispatch")
-    scheduler.add_job(heartbeat, "interval", seconds=beat_seconds, id="heartbeat")
+    for name, (job, seconds) in jobs.items():
+        scheduler.add_job(job, "interval", seconds=seconds, id=name)
     scheduler.start()
     return scheduler

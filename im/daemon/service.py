@@ -10,9 +10,8 @@ import fcntl
 import logging
 import os
 import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +27,7 @@ from im.store import meta, open_database
 from im.store import outbox as outbox_rows
 from im.store.db import write
 from im.sync.dispatcher import Dispatcher
+from im.sync.inbound import Applier
 
 STALE_DISPATCH_SECONDS = 10.0
 
@@ -75,7 +75,6 @@ class Daemon:
         self._last_step = 0.0
         self._scheduler: Any = None
         self._dispatcher: Dispatcher | None = None
-        self._step_lock = threading.Lock()
 
     def run(self) -> None:
         """Serve until SIGINT / SIGTERM. Raises ImError for a database, lock or port problem."""
@@ -120,9 +119,13 @@ class Daemon:
     def _serve(self) -> None:
         import uvicorn
 
+        from im.api.app import create_api
         from im.daemon.server import Server
+        from im.daemon.webhooks import WebhookReceiver
 
-        app = create_app(self._ready, self._lifespan)
+        self._receiver = WebhookReceiver(self.options.db_path, self.clock)
+        api = create_api(self.options.db_path, self.clock)
+        app = create_app(self._ready, self._lifespan, self._receiver.handle, api)
         server = Server(
             uvicorn.Config(
                 app,
@@ -154,8 +157,16 @@ class Daemon:
                 self.logger, name, fields, logging.WARNING if "failed" in name else logging.INFO
             ),
         )
+        self._applier = Applier(open_database(self.options.db_path), self.clock)
         self._last_step = time.monotonic()
-        self._scheduler = scheduler.start(self._dispatch, self._beat, daemon_rows.HEARTBEAT_SECONDS)
+        self._scheduler = scheduler.start(
+            {
+                "dispatch": (self._dispatch, scheduler.TICK_SECONDS),
+                "apply": (self._apply, scheduler.TICK_SECONDS),
+                "heartbeat": (self._beat, daemon_rows.HEARTBEAT_SECONDS),
+                "purge": (self._purge, 3600.0),
+            }
+        )
 
     def _stop_work(self) -> None:
         dispatcher = self._dispatcher
@@ -166,6 +177,9 @@ class Daemon:
         if dispatcher is not None:
             dispatcher.close()
             dispatcher.db.close()
+        self._applier.close()
+        self._applier.db.close()
+        self._receiver.close()
         with write(self._heartbeat_db):
             daemon_rows.stopped(self._heartbeat_db, format_time(self.clock.now()))
         self._heartbeat_db.close()
@@ -173,23 +187,31 @@ class Daemon:
 
     def _dispatch(self) -> None:
         dispatcher = self._dispatcher
-        if dispatcher is None:
-            return
-        with self._step_lock:
-            try:
-                dispatcher.step()
-            except DatabaseBusyError as exc:
-                logs.event(self.logger, "dispatch.busy", {"error": exc.message}, logging.WARNING)
-            except ImError as exc:
-                logs.event(self.logger, "dispatch.error", {"error": str(exc)}, logging.ERROR)
-            except Exception as exc:  # the loop must survive anything, and say what happened
-                logs.event(
-                    self.logger,
-                    "dispatch.error",
-                    {"error": type(exc).__name__, "detail": str(exc)[:200]},
-                    logging.ERROR,
-                )
-            self._last_step = time.monotonic()
+        if dispatcher is not None:
+            self._guarded("dispatch", dispatcher.step)
+        self._last_step = time.monotonic()
+
+    def _apply(self) -> None:
+        self._guarded("apply", self._applier.step)
+
+    def _purge(self) -> None:
+        self._guarded("purge", self._applier.purge)
+
+    def _guarded(self, name: str, work: Callable[[], object]) -> None:
+        """Run one tick of ``work``; a tick that fails is logged and the next one runs."""
+        try:
+            work()
+        except DatabaseBusyError as exc:
+            logs.event(self.logger, f"{name}.busy", {"error": exc.message}, logging.WARNING)
+        except ImError as exc:
+            logs.event(self.logger, f"{name}.error", {"error": str(exc)}, logging.ERROR)
+        except Exception as exc:  # the loop must survive anything, and say what happened
+            logs.event(
+                self.logger,
+                f"{name}.error",
+                {"error": type(exc).__name__, "detail": str(exc)[:200]},
+                logging.ERROR,
+            )
 
     def _beat(self) -> None:
         try:

@@ -51,3 +51,13 @@ def mark_broken(db: Database, incident_id: int, integration_id: int) -> None:
         "UPDATE links SET state = 'broken' WHERE incident_id = ? AND integration_id = ?",
         [incident_id, integration_id],
     )
+
+
+def by_external(db: Database, integration_id: int, external_id: str) -> dict[str, Any] | None:
+    rows = list(
+        db.query(
+            "SELECT * FROM links WHERE integration_id = ? AND external_id = ?",
+            [integration_id, external_id],
+        )
+    )
+    return rows[0] if rows else None

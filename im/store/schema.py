@@ -205,6 +205,76 @@ def _dispatch(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0003_tokens")
+def _tokens(db: Database) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE api_tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            principal TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            last_used_at TEXT,
+            revoked_at TEXT
+        );
+        CREATE UNIQUE INDEX api_tokens_live_name ON api_tokens(name) WHERE revoked_at IS NULL
+        """,
+    )
+
+
+@MIGRATIONS(name="0004_inbound")
+def _inbound(db: Database) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE inbound_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            received_at TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            query TEXT NOT NULL DEFAULT '',
+            headers TEXT NOT NULL DEFAULT '{}',
+            body BLOB NOT NULL,
+            state TEXT NOT NULL DEFAULT 'received',
+            delivery_id TEXT,
+            event_type TEXT,
+            external_id TEXT,
+            incident_id INTEGER,
+            outcome TEXT,
+            warnings TEXT NOT NULL DEFAULT '[]',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            attempt_log TEXT NOT NULL DEFAULT '[]',
+            applied_at TEXT
+        );
+        CREATE INDEX inbound_events_due ON inbound_events(state, next_attempt_at);
+        CREATE INDEX inbound_events_integration ON inbound_events(integration_id, id);
+        CREATE TABLE deliveries (
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            delivery_id TEXT NOT NULL,
+            event_id INTEGER NOT NULL,
+            seen_at TEXT NOT NULL,
+            PRIMARY KEY (integration_id, delivery_id)
+        );
+        CREATE TABLE pushes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+            field TEXT NOT NULL,
+            value TEXT NOT NULL,
+            sent_at TEXT NOT NULL,
+            acked_at TEXT
+        );
+        CREATE INDEX pushes_open ON pushes(integration_id, incident_id, field, acked_at)
+        """,
+    )
+
+
 def pending(db: Database) -> list[str]:
     return [m.name for m in MIGRATIONS.pending(db)]
 

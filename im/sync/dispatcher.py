@@ -30,10 +30,11 @@ from sqlite_utils import Database
 
 from im.clock import Clock, format_time
 from im.config import mapping
-from im.config.connection import open_connector
+from im.config.connection import ConnectorCache, TransportFor
 from im.connectors.base import Connector, ExternalRecord, JournalEntry
 from im.connectors.http import ConnectorError, RateLimitedError
 from im.model import JOURNAL_FIELDS, Incident
+from im.store import inbound as inbound_rows
 from im.store import incidents as incident_rows
 from im.store import integrations as integration_rows
 from im.store import links, snapshots, sync_state
@@ -43,7 +44,7 @@ from im.sync import retry
 from im.sync.retry import Treatment
 
 if TYPE_CHECKING:
-    import httpx
+    pass
 
 LEASE_SECONDS = 60.0
 BATCH = 50
@@ -51,7 +52,6 @@ BATCH = 50
 PACE_WINDOW = 1.0
 
 Log = Callable[[str, dict[str, Any]], None]
-TransportFor = Callable[[Mapping[str, Any]], "httpx.BaseTransport | None"]
 
 
 @dataclass
@@ -113,12 +113,10 @@ class Dispatcher:
         self.db = db
         self.clock = clock
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}"
-        self._transport_for = transport_for
-        self._sleep = sleep
         self._lease = timedelta(seconds=lease_seconds)
         self._batch = batch
         self._log = log or (lambda event, values: None)
-        self._connectors: dict[int, tuple[str, Connector]] = {}
+        self._cache = ConnectorCache(db, transport_for=transport_for, sleep=sleep)
         self._lock = threading.Lock()
         self._record_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -149,9 +147,7 @@ class Dispatcher:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        for _, connector in self._connectors.values():
-            connector.close()
-        self._connectors.clear()
+        self._cache.close()
 
     # -- 1. claim ----------------------------------------------------------------------------
 
@@ -256,23 +252,14 @@ class Dispatcher:
             results.append(result)
         return results
 
+    def _connector(self, integration: Mapping[str, Any]) -> Connector:
+        """Reads the database: call it from the claiming thread only."""
+        with self._lock:
+            return self._cache.get(integration)
+
     def _cached_connector(self, integration: Mapping[str, Any]) -> Connector:
         with self._lock:
-            return self._connectors[integration["id"]][1]
-
-    def _connector(self, integration: Mapping[str, Any]) -> Connector:
-        """One connector per integration, rebuilt when the integration changes. Reads the
-        database: call it from the claiming thread only."""
-        with self._lock:
-            cached = self._connectors.get(integration["id"])
-            if cached is not None and cached[0] == integration["updated_at"]:
-                return cached[1]
-            if cached is not None:
-                cached[1].close()
-            transport = self._transport_for(integration) if self._transport_for else None
-            connector = open_connector(self.db, integration, transport=transport, sleep=self._sleep)
-            self._connectors[integration["id"]] = (integration["updated_at"], connector)
-            return connector
+            return self._cache.built(integration)
 
     def _send(self, job: Job) -> Result:
         result = Result(job)
@@ -371,6 +358,8 @@ class Dispatcher:
                     result.record.key,
                     stamp,
                 )
+            for name, value in result.sent.items():
+                inbound_rows.push(self.db, integration_id, job.incident.id, name, value, stamp)
             if result.sent and result.record is not None:
                 snapshots.put(
                     self.db,

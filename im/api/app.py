@@ -1,0 +1,47 @@
+"""The API application: routes, bearer authentication on each, one error shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+
+from im import __version__
+from im.api import errors, incidents, integrations
+from im.api.deps import ApiSettings, principal
+from im.clock import Clock
+
+PREFIX = "/api/v1"  # where `im daemon` mounts the app
+DESCRIPTION = (
+    "The REST API of `im`, served by `im daemon` under /api/v1.\n\n"
+    "Every route needs `Authorization: Bearer <token>`, a token from `im token create NAME`; "
+    "requests act as the token's principal. Until access control lands, every token acts "
+    "as an administrator.\n\n"
+    'Errors are `{"error": {"code": "...", "message": "..."}}`.'
+)
+
+
+def create_api(db_path: Path, clock: Clock) -> FastAPI:
+    """The API app over the database at ``db_path``. Paths are relative to where it is
+    mounted (``/api/v1``); so is the OpenAPI document, ``openapi.json``."""
+    api = FastAPI(
+        title="im",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        # The interactive pages load their scripts from a CDN; the document is enough.
+        docs_url=None,
+        redoc_url=None,
+        responses={
+            401: {"description": "No token, or an unknown or revoked one"},
+            503: {"description": "Busy (see Retry-After) or unavailable"},
+        },
+    )
+    api.state.im = ApiSettings(db_path, clock)
+    authenticated = [Depends(principal)]
+    api.include_router(incidents.router, dependencies=authenticated)
+    api.include_router(integrations.router, dependencies=authenticated)
+    for kind, handler in errors.HANDLERS.items():
+        api.add_exception_handler(kind, handler)
+    api.add_middleware(errors.Guard)
+    return api

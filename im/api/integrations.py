@@ -1,0 +1,117 @@
+"""``/integrations``: what `im integration list|get|configure|test|dlq…` and
+`im integration field-ownership …` offer. Secrets are neither accepted nor returned here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from im.api.deps import Actor, Db, Now
+from im.api.models import (
+    CheckOut,
+    CheckReportOut,
+    ConfigureOut,
+    DeadEntryActionOut,
+    DeadEntryOut,
+    IntegrationOut,
+    IntegrationUpdate,
+    OwnershipOut,
+    OwnershipRuleOut,
+    OwnershipSet,
+)
+from im.config import connection, fields
+from im.config import integrations as config
+from im.config.integrations import IntegrationInput
+from im.store import integrations as rows
+from im.sync import retry
+
+router = APIRouter(prefix="/integrations", tags=["integrations"])
+
+Ref = Annotated[str, Path(description="The integration's name or id.")]
+FieldName = Annotated[str, Path(description="A platform field, or the external system's name.")]
+Entry = Annotated[str, Path(description="entry-n, or n")]
+
+
+@router.get("", summary="List integrations")
+def list_integrations(db: Db) -> list[IntegrationOut]:
+    return [IntegrationOut(**config.view(db, row)) for row in rows.all_rows(db)]
+
+
+@router.get("/{ref}", summary="An integration's settings; secrets only as set / not set")
+def get_integration(db: Db, ref: Ref) -> IntegrationOut:
+    return IntegrationOut(**config.view(db, config.find(db, ref)))
+
+
+@router.patch("/{ref}", summary="Change an integration's settings (no secrets)")
+def configure_integration(
+    db: Db, clock: Now, actor: Actor, ref: Ref, body: IntegrationUpdate
+) -> ConfigureOut:
+    """Only the fields given change. Switching to inbound cancels its waiting outbound
+    changes. Credentials, the URL and TLS settings change with `im integration configure`."""
+    outcome = config.configure(db, clock, actor, ref, IntegrationInput(**body.given()))
+    return ConfigureOut(
+        integration=IntegrationOut(**config.view(db, outcome.integration)),
+        changes=outcome.changes,
+        warnings=outcome.warnings,
+    )
+
+
+@router.get("/{ref}/field-ownership", summary="Every synced field with its owner")
+def list_field_ownership(db: Db, ref: Ref) -> list[OwnershipOut]:
+    return [OwnershipOut(**rule) for rule in fields.list_ownership(db, ref)]
+
+
+@router.put("/{ref}/field-ownership/{field}", summary="Make one side authoritative for a field")
+def set_field_ownership(db: Db, ref: Ref, field: FieldName, body: OwnershipSet) -> OwnershipRuleOut:
+    integration, rule = fields.set_ownership(db, ref, field, body.owner.value, body.priority)
+    return OwnershipRuleOut(
+        integration=integration["name"],
+        field=rule.field,
+        owner=rule.owner.value,
+        priority=rule.priority,
+    )
+
+
+@router.delete("/{ref}/field-ownership/{field}", summary="Remove the rule for a field")
+def unset_field_ownership(db: Db, ref: Ref, field: FieldName) -> OwnershipRuleOut:
+    """Changes then flow both ways and conflicts decide. A field without a rule is a 409."""
+    integration, platform_field = fields.unset_ownership(db, ref, field)
+    return OwnershipRuleOut(
+        integration=integration["name"], field=platform_field, owner="none", priority=None
+    )
+
+
+@router.post("/{ref}/test", summary="Check the connection against the external system")
+def test_integration(db: Db, ref: Ref) -> CheckReportOut:
+    """Reachability, TLS, credentials, permissions and scope. A failed check is ``ok:
+    false`` in a 200 answer: the test itself ran."""
+    report = connection.run_checks(db, ref)
+    return CheckReportOut(
+        integration=report.integration,
+        type=report.kind,
+        url=report.url,
+        ok=report.ok,
+        checks=[
+            CheckOut(check=c.name, ok=c.ok, warning=c.warning, detail=c.detail)
+            for c in report.checks
+        ],
+    )
+
+
+@router.get("/{ref}/dlq", summary="The dead letter queue, with every attempt")
+def list_dlq(db: Db, ref: Ref) -> list[DeadEntryOut]:
+    return [DeadEntryOut(**asdict(e)) for e in retry.dead_entries(db, config.find(db, ref))]
+
+
+@router.post("/{ref}/dlq/{entry}/retry", summary="Send a DLQ entry again, with current values")
+def retry_dlq_entry(db: Db, clock: Now, ref: Ref, entry: Entry) -> DeadEntryActionOut:
+    (done,) = retry.retry_dead(db, clock, config.find(db, ref), entry)
+    return DeadEntryActionOut(entry=done, action="retried")
+
+
+@router.post("/{ref}/dlq/{entry}/discard", summary="Drop a DLQ entry without sending it")
+def discard_dlq_entry(db: Db, clock: Now, ref: Ref, entry: Entry) -> DeadEntryActionOut:
+    (done,) = retry.discard_dead(db, clock, config.find(db, ref), entry)
+    return DeadEntryActionOut(entry=done, action="discarded")

@@ -1,0 +1,240 @@
+"""Request and response bodies, so that the OpenAPI document describes them. Keys are
+snake_case and match the CLI's ``--format json`` output; times are as stored (UTC, ISO-8601)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from im.model import ConflictStrategy, Direction, Incident, Owner, Priority, Severity, Status
+
+
+class Body(BaseModel):
+    """A request body: an unknown key is an error rather than silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def given(self) -> dict[str, Any]:
+        """The fields the caller set to a value (null means "leave as it is")."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# -- incidents -------------------------------------------------------------------------------
+
+
+class IncidentFields(Body):
+    title: str | None = Field(None, description="Short summary, 1-255 characters.")
+    description: str | None = Field(None, description="Longer text.")
+    severity: Severity | None = Field(None, description="sev1 is worst.")
+    priority: Priority | None = Field(None, description="p1 is highest.")
+    assigned_to: str | None = Field(None, description='Assignee email ("" to unassign).')
+    escalation_policy: str | None = Field(None, description='Escalation policy id ("" clears).')
+    commander: str | None = Field(None, description='Principal commanding it ("" clears).')
+
+
+class IncidentCreate(IncidentFields):
+    title: str = Field(description="Short summary, 1-255 characters.")
+
+
+class IncidentUpdate(IncidentFields):
+    status: Status | None = Field(
+        None,
+        description="Forward (may skip steps); back only from resolved to triggered; "
+        "closed is final.",
+    )
+
+
+class CommentCreate(Body):
+    text: str = Field(description="The entry's text.")
+    work_note: bool = Field(False, description="An internal work note instead of a comment.")
+
+
+class IncidentOut(BaseModel):
+    id: str = Field(description="INC-n")
+    title: str
+    description: str
+    severity: str
+    priority: str
+    status: str
+    assigned_to: str
+    escalation_policy: str
+    commander: str
+    created_at: str
+    updated_at: str
+    created_by: str
+
+    @classmethod
+    def of(cls, incident: Incident) -> IncidentOut:
+        return cls(**{**asdict(incident), "id": incident.display_id})
+
+
+class FieldChangeOut(BaseModel):
+    field: str
+    old: str | None
+    new: str | None
+
+
+class QueuedOut(BaseModel):
+    integration: str
+    operation: str
+    fields: list[str]
+    journal_entries: int
+    merged: bool = Field(description="Joined a change to the same incident that was waiting.")
+
+
+class ChangeOut(BaseModel):
+    incident: IncidentOut
+    changes: list[FieldChangeOut]
+    queued: list[QueuedOut] = Field(description="What was queued for which integration.")
+
+
+class JournalEntryOut(BaseModel):
+    id: int
+    kind: str = Field(description="comments or work_notes")
+    body: str
+    source: str
+    actor: str
+    created_at: str
+
+
+class LinkOut(BaseModel):
+    integration: str
+    external_id: str
+    external_key: str | None
+    state: str
+    created_at: str
+
+
+class WaitingOut(BaseModel):
+    integration: str
+    operation: str
+    state: str
+    fields: list[str]
+    journal_entries: int
+    attempts: int
+    next_attempt_at: str
+
+
+class IncidentDetailsOut(IncidentOut):
+    journal: list[JournalEntryOut]
+    links: list[LinkOut]
+    queued: list[WaitingOut]
+
+
+class HistoryEntryOut(BaseModel):
+    changed_at: str
+    field: str
+    old_value: str | None
+    new_value: str | None
+    source: str = Field(description="platform, or external:<integration>")
+    actor: str
+
+
+# -- integrations ----------------------------------------------------------------------------
+
+
+class IntegrationOut(BaseModel):
+    id: int
+    name: str
+    type: str
+    url: str
+    enabled: bool
+    direction: str
+    conflict_strategy: str
+    conflict_window: str
+    rate_limit: str
+    rate_limit_backoff: bool
+    scope: dict[str, str]
+    settings: dict[str, str]
+    secrets: dict[str, str] = Field(description='Only "set" or "not set", never a value.')
+    ca_bundle: str | None
+    allow_insecure_http: bool
+    created_at: str
+    updated_at: str
+    created_by: str
+
+
+class IntegrationUpdate(Body):
+    """The settings that hold no secret. Credentials change with `im integration configure`."""
+
+    direction: Direction | None = None
+    conflict_strategy: ConflictStrategy | None = None
+    conflict_window: str | float | None = Field(
+        None, description="Edits this close together conflict: 5s, 500ms, 1m (or seconds)."
+    )
+    rate_limit: str | None = Field(None, description="Client-side pacing: N/s, N/m or off.")
+    rate_limit_backoff: bool | None = Field(None, description="Honour 429 and Retry-After.")
+    enabled: bool | None = Field(None, description="A disabled integration syncs nothing.")
+
+    def given(self) -> dict[str, Any]:
+        values = super().given()
+        if "conflict_window" in values:
+            values["conflict_window"] = str(values["conflict_window"])
+        return values
+
+
+class ConfigureOut(BaseModel):
+    integration: IntegrationOut
+    changes: list[str]
+    warnings: list[str]
+
+
+class OwnershipOut(BaseModel):
+    field: str
+    external_field: str
+    owner: str = Field(description="platform, external, or none")
+    priority: int | None
+    default: bool = Field(description="Still the integration type's default rule.")
+
+
+class OwnershipSet(Body):
+    owner: Owner
+    priority: int = Field(0, description="A larger number wins between integrations.")
+
+
+class OwnershipRuleOut(BaseModel):
+    integration: str
+    field: str
+    owner: str
+    priority: int | None
+
+
+class CheckOut(BaseModel):
+    check: str
+    ok: bool
+    warning: bool
+    detail: str
+
+
+class CheckReportOut(BaseModel):
+    integration: str
+    type: str
+    url: str
+    ok: bool
+    checks: list[CheckOut]
+
+
+class AttemptOut(BaseModel):
+    at: str
+    error: str
+    charged: bool = Field(description="False for a rate-limit pause that cost no attempt.")
+
+
+class DeadEntryOut(BaseModel):
+    id: str = Field(description="entry-n")
+    incident: str
+    direction: str
+    operation: str
+    fields: list[str]
+    journal: int
+    attempts: list[AttemptOut]
+    error: str
+    queued_at: str
+    dead_at: str
+
+
+class DeadEntryActionOut(BaseModel):
+    entry: str
+    action: str = Field(description="retried (queued again with current values) or discarded")

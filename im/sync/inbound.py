@@ -1,0 +1,480 @@
+"""The Inbound Webhook Handler (SPEC §3, §5).
+
+``receive`` runs on the request path: it verifies the delivery and stores it durably before
+the answer (202), so nothing authentic is lost and the vendor gets its answer in milliseconds.
+``Applier`` runs off the request path (the daemon ticks it): it parses each stored delivery
+with the connector, drops duplicates by delivery id, and applies what it says:
+
+- an event for a record with no link first looks up our correlation key (our own create's
+  webhook can come before the link commits); only an in-scope record that is not ours creates
+  a platform incident, and only when the direction allows inbound;
+- per field: stale events (vendor version not newer than the synced snapshot) are dropped; our
+  own write coming back (our account, matching an outstanding push) is an echo and is consumed;
+  a value the platform already has is no change; ownership decides the rest;
+- journal entries are appended once (matched by the vendor's entry id) and never sent back;
+- an applied change is a platform change for every other integration.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlite_utils import Database
+
+from im import incidents
+from im.clock import Clock, format_time, parse_time
+from im.config import ownership
+from im.config.connection import ConnectorCache, TransportFor, open_connector, secret
+from im.connectors.base import Connector, ExternalRecord, WebhookEvent, WebhookRequest
+from im.connectors.http import ConnectorError, MalformedEventError
+from im.errors import SignatureError, StateError, ValidationError
+from im.model import JOURNAL_FIELDS, SCALAR_FIELDS, Direction, check_transition
+from im.store import inbound as rows
+from im.store import integrations as integration_rows
+from im.store import links, meta, snapshots, sync_state
+from im.store.db import write
+from im.sync import retry
+
+MAX_BODY = 1024 * 1024
+# never stored: they authenticate a delivery, which is checked before it is stored
+SENSITIVE_HEADERS = frozenset(
+    {"authorization", "cookie", "webhook-signature", "x-hub-signature", "x-pagerduty-signature"}
+)
+BATCH = 50
+_OUR_KEY = re.compile(r"im:(?P<install>[^:]+):INC-(?P<n>[0-9]+)")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _error(status: int, code: str, message: str) -> Answer:
+    return Answer(status, {"error": {"code": code, "message": message}})
+
+
+def _without_jwt(query: str) -> str:
+    return "&".join(p for p in query.split("&") if p and not p.startswith("jwt="))
+
+
+def receive(
+    db: Database, clock: Clock, integration: Mapping[str, Any], request: WebhookRequest
+) -> Answer:
+    """Verify one delivery and store it. 401 when it is not authentic, 400 when it is
+    authentic but not JSON, 202 otherwise (also for what is then ignored). Raises
+    DatabaseBusyError (the caller answers 503)."""
+    now = clock.now()
+    stamp = format_time(now)
+    integration_id = integration["id"]
+    secrets = [s for s in [secret(db, integration, "webhook_secret")] if s]
+    connector = open_connector(db, integration)
+    try:
+        if not secrets:
+            raise SignatureError(
+                f"{integration['name']} has no webhook secret: set one with "
+                "`im integration configure NAME --webhook-secret-file PATH`"
+            )
+        connector.verify_webhook(request, secrets, now)
+    except SignatureError as exc:
+        with write(db):
+            sync_state.count(db, integration_id, "inbound_failed")
+        return _error(401, "unauthenticated", exc.message)
+    finally:
+        connector.close()
+    try:
+        json.loads(request.body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        with write(db):
+            sync_state.count(db, integration_id, "inbound_failed")
+        return _error(400, "malformed", "the body is not UTF-8 JSON")
+    state, outcome = "received", None
+    if not integration["enabled"]:
+        state, outcome = "ignored", "the integration is disabled"
+    elif not Direction(integration["direction"]).receives:
+        state, outcome = "ignored", "the integration is outbound only"
+    headers = {k: v for k, v in request.headers.items() if k not in SENSITIVE_HEADERS}
+    with write(db):
+        event_id = rows.store(
+            db,
+            {
+                "integration_id": integration_id,
+                "received_at": stamp,
+                "method": request.method,
+                "path": request.path,
+                "query": _without_jwt(request.query),
+                "headers": json.dumps(headers),
+                "body": request.body,
+                "state": state,
+                "outcome": outcome,
+                "next_attempt_at": stamp,
+            },
+        )
+        if state == "ignored":
+            sync_state.count(db, integration_id, "inbound_ignored")
+    return Answer(
+        202, {"status": "accepted" if state == "received" else "ignored", "event": event_id}
+    )
+
+
+@dataclass
+class Outcome:
+    state: str = "applied"  # applied | echo | ignored | duplicate | failed
+    incident_id: int | None = None
+    applied: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Applier:
+    """Applies stored deliveries. A plain object: tests step it; the daemon ticks it."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        transport_for: TransportFor | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self._cache = ConnectorCache(db, transport_for=transport_for, sleep=sleep)
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def step(self) -> int:
+        """Apply the deliveries that are due. Returns how many were settled."""
+        stamp = format_time(self.clock.now())
+        settled = 0
+        for event in rows.due(self.db, stamp, BATCH):
+            if self._one(event):
+                settled += 1
+        return settled
+
+    def purge(self) -> int:
+        """Forget delivery ids and settled events older than the dedupe window (7 days)."""
+        before = format_time(self.clock.now() - timedelta(days=rows.DEDUPE_DAYS))
+        with write(self.db):
+            return rows.forget_before(self.db, before)
+
+    # -- one delivery ----------------------------------------------------------------------
+
+    def _one(self, stored: dict[str, Any]) -> bool:
+        integration = integration_rows.find(self.db, str(stored["integration_id"]))
+        if integration is None:
+            return False
+        connector = self._cache.get(integration)
+        request = WebhookRequest(
+            stored["method"],
+            stored["path"],
+            stored["query"],
+            json.loads(stored["headers"]),
+            bytes(stored["body"]),
+        )
+        try:
+            event = connector.parse_webhook(request)
+            record = self._record_if_needed(connector, integration, event)
+        except MalformedEventError as exc:
+            self._settle(stored, integration, Outcome("failed", notes=[exc.message]))
+            return True
+        except ConnectorError as exc:
+            self._retry_later(stored, integration, exc)
+            return False
+        if event is None:
+            outcome = Outcome(
+                "ignored", notes=["an event type or record the integration does not sync"]
+            )
+            self._settle(stored, integration, outcome)
+            return True
+        with write(self.db):
+            stamp = format_time(self.clock.now())
+            if not rows.seen(self.db, integration["id"], event.delivery_id, stored["id"], stamp):
+                outcome = Outcome("duplicate", notes=["this delivery was already received"])
+            else:
+                try:
+                    outcome = self._apply(integration, connector, event, record)
+                except (StateError, ValidationError) as exc:
+                    outcome = Outcome("failed", notes=[exc.message])
+            self._settle(stored, integration, outcome, event)
+        return True
+
+    def _record_if_needed(
+        self, connector: Connector, integration: Mapping[str, Any], event: WebhookEvent | None
+    ) -> ExternalRecord | None:
+        """The full external record, fetched before the transaction, when the event is about
+        a record we have no link for and it may become a platform incident."""
+        if event is None or event.deleted or event.created:
+            return None
+        if links.by_external(self.db, integration["id"], event.external_id) is not None:
+            return None
+        if self._ours(event) is not None:
+            return None
+        return connector.get(event.external_id)
+
+    def _ours(self, event: WebhookEvent) -> int | None:
+        """The incident number when the event's correlation key is this install's."""
+        match = _OUR_KEY.fullmatch(event.correlation_key or "")
+        if match and match.group("install") == meta.get(self.db, "install_id"):
+            return int(match.group("n"))
+        return None
+
+    def _retry_later(
+        self, stored: dict[str, Any], integration: Mapping[str, Any], error: ConnectorError
+    ) -> None:
+        now = self.clock.now()
+        stamp = format_time(now)
+        attempts = stored["attempts"] + 1
+        wait = retry.delay_after(attempts)
+        with write(self.db):
+            log = rows.log_attempt(self.db, stored["id"], stamp, error.message)
+            values: dict[str, Any] = {
+                "attempts": attempts,
+                "attempt_log": json.dumps(log),
+                "outcome": error.message,
+            }
+            if wait is None:
+                values["state"] = "dead"
+                sync_state.count(self.db, integration["id"], "inbound_failed")
+            else:
+                values["next_attempt_at"] = format_time(now + timedelta(seconds=wait))
+            rows.settle(self.db, stored["id"], values)
+
+    def _settle(
+        self,
+        stored: dict[str, Any],
+        integration: Mapping[str, Any],
+        outcome: Outcome,
+        event: WebhookEvent | None = None,
+    ) -> None:
+        counter = {
+            "applied": "inbound_success",
+            "echo": "inbound_echo",
+            "ignored": "inbound_ignored",
+            "duplicate": "inbound_duplicate",
+            "failed": "inbound_failed",
+        }[outcome.state]
+        summary = "; ".join(
+            ([f"applied {', '.join(outcome.applied)}"] if outcome.applied else []) + outcome.notes
+        )
+        with write(self.db):
+            sync_state.count(self.db, integration["id"], counter)
+            rows.settle(
+                self.db,
+                stored["id"],
+                {
+                    "state": outcome.state,
+                    "outcome": summary or outcome.state,
+                    "incident_id": outcome.incident_id,
+                    "delivery_id": event.delivery_id if event else None,
+                    "event_type": event.event_type if event else None,
+                    "external_id": event.external_id if event else None,
+                    "warnings": json.dumps(list(event.warnings) if event else []),
+                    "applied_at": format_time(self.clock.now()),
+                },
+            )
+
+    # -- applying --------------------------------------------------------------------------
+
+    def _apply(
+        self,
+        integration: Mapping[str, Any],
+        connector: Connector,
+        event: WebhookEvent,
+        record: ExternalRecord | None,
+    ) -> Outcome:
+        direction = Direction(integration["direction"])
+        link = links.by_external(self.db, integration["id"], event.external_id)
+        stamp = format_time(self.clock.now())
+        if link is None:
+            ours = self._ours(event)
+            if ours is not None and incidents_exists(self.db, ours):
+                # our own create, announced before its link committed
+                links.create(
+                    self.db, ours, integration["id"], event.external_id, event.external_key, stamp
+                )
+                link = links.by_external(self.db, integration["id"], event.external_id)
+            elif event.deleted:
+                return Outcome("ignored", notes=["a record that is not linked was deleted"])
+            elif not direction.receives:
+                return Outcome("ignored", notes=["the integration does not take inbound changes"])
+            else:
+                return self._adopt(integration, event, record)
+        assert link is not None
+        if event.deleted:
+            links.mark_broken(self.db, link["incident_id"], integration["id"])
+            return Outcome(
+                "applied", link["incident_id"], notes=["the external record was deleted"]
+            )
+        return self._apply_changes(integration, connector, event, link["incident_id"])
+
+    def _adopt(
+        self, integration: Mapping[str, Any], event: WebhookEvent, record: ExternalRecord | None
+    ) -> Outcome:
+        """An in-scope record that is not ours becomes a platform incident, linked."""
+        values = dict(record.fields) if record is not None else dict(event.changes)
+        version = record.version if record is not None else event.version
+        if not values.get("title"):
+            return Outcome("ignored", notes=["the record has no title to make an incident of"])
+        source = f"external:{integration['name']}"
+        status = values.pop("status", "triggered")
+        fields = {k: v for k, v in values.items() if k not in JOURNAL_FIELDS and v}
+        change = incidents.create(
+            self.db, self.clock, event.actor or source, fields, source, integration["id"]
+        )
+        incident_id = change.incident.id
+        if status and status != "triggered":
+            try:
+                check_transition("triggered", status)
+                incidents.update(
+                    self.db, self.clock, event.actor or source, str(incident_id),
+                    {"status": status}, source, integration["id"],
+                )  # fmt: skip
+            except StateError:
+                pass
+        stamp = format_time(self.clock.now())
+        links.create(
+            self.db, incident_id, integration["id"], event.external_id, event.external_key, stamp
+        )
+        current = incidents.get(self.db, incident_id)
+        snapshots.put(
+            self.db,
+            integration["id"],
+            incident_id,
+            {k: current.value(k) for k in values if k not in JOURNAL_FIELDS},
+            version,
+            stamp,
+        )
+        self._journals(integration, event, incident_id, Outcome())
+        return Outcome("applied", incident_id, sorted(fields), [f"created {current.display_id}"])
+
+    def _apply_changes(
+        self,
+        integration: Mapping[str, Any],
+        connector: Connector,
+        event: WebhookEvent,
+        incident_id: int,
+    ) -> Outcome:
+        direction = Direction(integration["direction"])
+        rules = integration_rows.rules(self.db, integration["id"])
+        known = snapshots.for_pair(self.db, integration["id"], incident_id)
+        incident = incidents.get(self.db, incident_id)
+        stamp = format_time(self.clock.now())
+        outcome = Outcome("ignored", incident_id)
+        echoed = False
+        apply: dict[str, str] = {}
+        for name, value in event.changes.items():
+            if name not in SCALAR_FIELDS:
+                continue
+            if event.by_self and rows.acknowledge(
+                self.db, integration["id"], incident_id, name, value, stamp
+            ):
+                echoed = True  # our own write coming back: it acknowledges the push
+                snapshots.put(
+                    self.db, integration["id"], incident_id, {name: value}, event.version, stamp
+                )
+                continue
+            snapshot = known.get(name)
+            if snapshot is not None and snapshot.version and event.version <= snapshot.version:
+                outcome.notes.append(f"{name}: stale (not newer than what was synced)")
+                continue
+            if connector.normalise(name, incident.value(name)) == value:
+                snapshots.put(
+                    self.db, integration["id"], incident_id, {name: value}, event.version, stamp
+                )
+                if event.by_self:
+                    echoed = True
+                continue
+            if not ownership.accepts(direction, rules.get(name)):
+                outcome.notes.append(f"{name}: owned by the platform")
+                continue
+            if self._platform_newer(incident_id, name, integration, event):
+                outcome.notes.append(f"{name}: the platform changed it later")
+                continue
+            if name == "status":
+                try:
+                    check_transition(incident.status, value)
+                except StateError as exc:
+                    outcome.notes.append(f"status: {exc.message}")
+                    continue
+            apply[name] = value
+        source = f"external:{integration['name']}"
+        if apply:
+            incidents.update(
+                self.db, self.clock, event.actor or source, str(incident_id), apply, source,
+                integration["id"],
+            )  # fmt: skip
+            snapshots.put(self.db, integration["id"], incident_id, apply, event.version, stamp)
+            outcome.applied.extend(sorted(apply))
+        self._journals(integration, event, incident_id, outcome)
+        if outcome.applied:
+            outcome.state = "applied"
+        elif echoed:
+            outcome.state = "echo"
+        return outcome
+
+    def _platform_newer(
+        self, incident_id: int, name: str, integration: Mapping[str, Any], event: WebhookEvent
+    ) -> bool:
+        """The platform changed the field (not from this integration) after the event."""
+        row = self.db.execute(
+            "SELECT max(changed_at) FROM field_changes WHERE incident_id = ? AND field = ? "
+            "AND source != ?",
+            [incident_id, name, f"external:{integration['name']}"],
+        ).fetchone()
+        return bool(row and row[0] and parse_time(row[0]) > parse_time(event.event_time))
+
+    def _journals(
+        self,
+        integration: Mapping[str, Any],
+        event: WebhookEvent,
+        incident_id: int,
+        outcome: Outcome,
+    ) -> None:
+        direction = Direction(integration["direction"])
+        rules = integration_rows.rules(self.db, integration["id"])
+        known = snapshots.vendor_ids(self.db, integration["id"])
+        stamp = format_time(self.clock.now())
+        for entry in event.journals:
+            if entry.vendor_id in known:
+                continue  # ours coming back, or already appended
+            mine = self._unlinked_own_entry(integration["id"], incident_id, entry.field, entry.body)
+            if event.by_self and mine is not None:
+                snapshots.link_entry(self.db, integration["id"], mine, entry.vendor_id, stamp)
+                continue
+            if not ownership.accepts(direction, rules.get(entry.field)):
+                outcome.notes.append(f"{entry.field}: owned by the platform")
+                continue
+            source = f"external:{integration['name']}"
+            change = incidents.comment(
+                self.db, self.clock, entry.author or source, str(incident_id), entry.field,
+                entry.body, source, integration["id"],
+            )  # fmt: skip
+            assert change.journal_entry is not None
+            snapshots.link_entry(
+                self.db, integration["id"], change.journal_entry, entry.vendor_id, stamp
+            )
+            outcome.applied.append(entry.field)
+
+    def _unlinked_own_entry(
+        self, integration_id: int, incident_id: int, kind: str, body: str
+    ) -> int | None:
+        """A platform entry with this text that was sent to the integration but whose vendor
+        id is not recorded yet (its webhook came first)."""
+        row = self.db.execute(
+            "SELECT j.id FROM journal_entries j WHERE j.incident_id = ? AND j.kind = ? "
+            "AND trim(j.body) = trim(?) AND NOT EXISTS (SELECT 1 FROM journal_links l "
+            "WHERE l.journal_entry_id = j.id AND l.integration_id = ?) ORDER BY j.id LIMIT 1",
+            [incident_id, kind, body, integration_id],
+        ).fetchone()
+        return int(row[0]) if row else None
+
+
+def incidents_exists(db: Database, incident_id: int) -> bool:
+    return db.execute("SELECT 1 FROM incidents WHERE id = ?", [incident_id]).fetchone() is not None

@@ -1,0 +1,401 @@
+"""Inbound webhooks through real HTTP into the daemon's app (in-process), from the three
+simulators, applied by the stepped applier on a frozen clock: authentic deliveries apply once,
+echoes and duplicates change nothing, stale ones lose to newer values, and what is not
+authentic is refused with the right status."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from im.clock import FrozenClock
+from im.daemon.app import create_app
+from im.daemon.webhooks import WebhookReceiver
+from im.security import signatures
+from im.sim.core import Simulator
+from im.sim.jira import JiraSimulator
+from im.sim.pagerduty import PagerDutySimulator
+from im.sim.servicenow import ServiceNowSimulator
+from im.sim.transport import ASGIBridge
+from im.store import integrations as integration_rows
+from im.store import open_database, sync_state
+from im.sync.dispatcher import Dispatcher
+from im.sync.inbound import Applier
+from tests.conftest import Im
+
+SECRET = {
+    "prod-snow": "whsec_c2ltdWxhdG9yLXdlYmhvb2stc2VjcmV0",
+    "prod-jira": "jira-shared-secret-0123456789abcdef",
+    "prod-pd": "pd-webhook-secret-0123456789",
+}
+CREATE = {
+    "prod-snow": (["--type", "servicenow", "--url", "http://127.0.0.1:1", "--username", "im-integration"], {"IM_PASSWORD": "im-integration"}),
+    "prod-jira": (["--type", "jira", "--url", "http://127.0.0.1:2", "--email", "im-integration@example.com", "--project", "OPS", "--client-key", "im-sim-jira"], {"IM_API_TOKEN": "im-integration-token"}),
+    "prod-pd": (["--type", "pagerduty", "--url", "http://127.0.0.1:3", "--from-email", "im-integration@example.com", "--service", "PSVC001", "--escalation-policy", "PEP0001"], {"IM_API_TOKEN": "im-integration-token"}),
+}  # fmt: skip
+AGENTS = {
+    "prod-snow": ("agent", "agent"),
+    "prod-jira": ("agent@example.com", "agent-token"),
+}
+
+
+@dataclass
+class Two:
+    """The platform with its daemon app, and the three simulators sending it webhooks."""
+
+    im: Im
+    clock: FrozenClock
+    sims: dict[str, Simulator]
+    daemon: httpx.Client
+    dispatcher: Dispatcher
+    applier: Applier
+
+    def sync(self, rounds: int = 3) -> None:
+        """Send what is queued, deliver every webhook, apply them: until nothing moves."""
+        for _ in range(rounds):
+            self.dispatcher.step()
+            for sim in self.sims.values():
+                sim.webhooks.deliver(self.daemon)
+            self.applier.step()
+
+    def deliver(self) -> None:
+        for sim in self.sims.values():
+            sim.webhooks.deliver(self.daemon)
+        self.applier.step()
+
+    def db(self) -> Any:
+        return self.dispatcher.db
+
+    def counters(self, name: str) -> dict[str, int]:
+        row = integration_rows.find(self.db(), name)
+        assert row
+        return sync_state.counters(self.db(), row["id"])
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return json.loads(self.im.ok("integration", "events", name, "--format", "json"))
+
+    def external_id(self, name: str, incident: int) -> str:
+        row = (
+            self.db()
+            .execute(
+                "SELECT external_id FROM links l JOIN integrations i ON i.id = l.integration_id "
+                "WHERE i.name = ? AND l.incident_id = ?",
+                [name, incident],
+            )
+            .fetchone()
+        )
+        assert row, f"INC-{incident} not linked to {name}"
+        return str(row[0])
+
+    def agent(self, name: str) -> httpx.Client:
+        sim = self.sims[name]
+        if name == "prod-pd":
+            return httpx.Client(
+                transport=sim.transport(),
+                base_url="http://pd",
+                headers={"Authorization": "Token token=agent-token", "From": "agent@example.com"},
+            )
+        return httpx.Client(transport=sim.transport(), base_url="http://sim", auth=AGENTS[name])
+
+    def incident(self, n: int) -> dict[str, Any]:
+        shown: dict[str, Any] = json.loads(
+            self.im.ok("incident", "show", f"INC-{n}", "--format", "json")
+        )
+        return shown
+
+
+@pytest.fixture
+def two(initialised: Im, clock: FrozenClock) -> Iterator[Two]:
+    for name, (args, env) in CREATE.items():
+        initialised.ok(
+            "integration", "create", name, *args, env={**env, "IM_WEBHOOK_SECRET": SECRET[name]}
+        )
+        initialised.ok("integration", "configure", name, "--direction", "bidirectional")
+    sims: dict[str, Simulator] = {
+        "prod-snow": ServiceNowSimulator(clock=clock, webhook_url="http://im/webhooks/prod-snow", webhook_secret=SECRET["prod-snow"]),
+        "prod-jira": JiraSimulator(clock=clock, webhook_url="http://im/webhooks/prod-jira", webhook_secret=SECRET["prod-jira"]),
+        "prod-pd": PagerDutySimulator(clock=clock, webhook_url="http://im/webhooks/prod-pd", webhook_secret=SECRET["prod-pd"]),
+    }  # fmt: skip
+    receiver = WebhookReceiver(initialised.db_path, clock)
+    bridge = ASGIBridge(create_app(lambda: (True, ""), webhook=receiver.handle))
+    daemon = httpx.Client(transport=bridge, base_url="http://im")
+
+    def transport_for(integration: dict[str, Any]) -> httpx.BaseTransport:
+        return sims[integration["name"]].transport()
+
+    db = open_database(initialised.db_path)
+    applier_db = open_database(initialised.db_path)
+    world = Two(
+        initialised,
+        clock,
+        sims,
+        daemon,
+        Dispatcher(db, clock, transport_for=transport_for, sleep=clock.advance),
+        Applier(applier_db, clock, transport_for=transport_for, sleep=clock.advance),
+    )
+    yield world
+    world.dispatcher.close()
+    world.applier.close()
+    receiver.close()
+    bridge.shutdown()
+    db.close()
+    applier_db.close()
+    for sim in sims.values():
+        sim.shutdown()
+
+
+def new_incident(two: Two, *args: str) -> int:
+    out = two.im.ok("incident", "create", "--title", "Checkout API 5xx", "--format", "json", *args)
+    return int(json.loads(out)["incident"]["id"].removeprefix("INC-"))
+
+
+def test_our_own_writes_come_back_as_echoes_and_change_nothing(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    for name in ("prod-snow", "prod-jira"):
+        assert two.counters(name).get("inbound_success", 0) == 0, name
+        assert [e["state"] for e in two.events(name)] == ["echo"], two.events(name)
+    external = (
+        two.db()
+        .execute(
+            "SELECT field, new_value, source FROM field_changes "
+            "WHERE incident_id = ? AND source LIKE 'external:%'",
+            [n],
+        )
+        .fetchall()
+    )
+    # PagerDuty put the incident on the integration's escalation policy, a field it owns:
+    # that is news for the platform, the rest of the echo is not
+    assert external == [("escalation_policy", "PEP0001", "external:prod-pd")]
+
+
+def test_an_agents_edit_is_applied_and_propagated(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    issue = two.external_id("prod-jira", n)
+    two.clock.advance(10)
+    with two.agent("prod-jira") as agent:
+        assert (
+            agent.put(
+                f"/rest/api/3/issue/{issue}",
+                json={"fields": {"summary": "Checkout API recovering"}},
+            ).status_code
+            == 204
+        )
+    two.sync()
+    assert two.incident(n)["title"] == "Checkout API recovering"
+    assert two.counters("prod-jira")["inbound_success"] == 1
+    # the change goes on to the integrations that take platform titles
+    pd = two.sims["prod-pd"]
+    with two.agent("prod-pd") as agent:
+        title = agent.get(f"/incidents/{two.external_id('prod-pd', n)}").json()["incident"]["title"]
+    assert title == "Checkout API recovering"
+    assert pd.record_count() == 1
+    # and not back to Jira: no update row for it
+    rows = (
+        two.db()
+        .execute(
+            "SELECT count(*) FROM outbox o JOIN integrations i ON i.id = o.integration_id "
+            "WHERE i.name = 'prod-jira' AND o.operation = 'update'"
+        )
+        .fetchone()[0]
+    )
+    assert rows == 0
+
+
+def test_an_agents_revert_to_our_old_value_is_applied(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    issue = two.external_id("prod-jira", n)
+    with two.agent("prod-jira") as agent:
+        two.clock.advance(10)
+        agent.put(f"/rest/api/3/issue/{issue}", json={"fields": {"summary": "agent title"}})
+        two.sync()
+        two.clock.advance(10)
+        agent.put(f"/rest/api/3/issue/{issue}", json={"fields": {"summary": "Checkout API 5xx"}})
+        two.sync()
+    assert two.incident(n)["title"] == "Checkout API 5xx"
+    assert two.counters("prod-jira")["inbound_success"] == 2
+
+
+def test_a_duplicate_delivery_changes_nothing(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    two.sims["prod-jira"].faults.update({"duplicate_webhooks": 1})
+    two.clock.advance(10)
+    with two.agent("prod-jira") as agent:
+        agent.put(
+            f"/rest/api/3/issue/{two.external_id('prod-jira', n)}",
+            json={"fields": {"summary": "once"}},
+        )
+    two.deliver()
+    states = [e["state"] for e in two.events("prod-jira")][:2]
+    assert sorted(states) == ["applied", "duplicate"]
+    assert two.counters("prod-jira")["inbound_duplicate"] == 1
+    changes = (
+        two.db()
+        .execute(
+            "SELECT count(*) FROM field_changes WHERE incident_id = ? AND source = 'external:prod-jira'",
+            [n],
+        )
+        .fetchone()[0]
+    )
+    assert changes == 1
+
+
+def test_a_late_reordered_delivery_does_not_overwrite_a_newer_value(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    issue = two.external_id("prod-jira", n)
+    two.sims["prod-jira"].faults.update({"reorder_webhooks": 1})
+    with two.agent("prod-jira") as agent:
+        two.clock.advance(5)
+        agent.put(f"/rest/api/3/issue/{issue}", json={"fields": {"summary": "first"}})
+        two.clock.advance(5)
+        agent.put(f"/rest/api/3/issue/{issue}", json={"fields": {"summary": "second"}})
+    two.deliver()
+    assert two.incident(n)["title"] == "second"
+    notes = " ".join(e["outcome"] for e in two.events("prod-jira"))
+    assert "stale" in notes
+
+
+def test_an_agents_work_note_in_servicenow_reaches_the_others_once(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    sys_id = two.external_id("prod-snow", n)
+    two.clock.advance(5)
+    with two.agent("prod-snow") as agent:
+        answer = agent.patch(
+            f"/api/now/table/incident/{sys_id}", json={"work_notes": "Failover done"}
+        )
+        assert answer.status_code == 200
+    two.sync()
+    journal = json.loads(two.im.ok("incident", "show", f"INC-{n}", "--format", "json"))["journal"]
+    assert [(j["kind"], j["body"]) for j in journal] == [("work_notes", "Failover done")]
+    with two.agent("prod-pd") as agent:
+        notes = agent.get(f"/incidents/{two.external_id('prod-pd', n)}/notes").json()["notes"]
+    assert [note["content"] for note in notes] == ["Failover done"]
+    two.sync()  # the echoes of those notes change nothing
+    journal = json.loads(two.im.ok("incident", "show", f"INC-{n}", "--format", "json"))["journal"]
+    assert len(journal) == 1
+
+
+def test_a_record_made_in_jira_becomes_a_platform_incident_and_goes_on(two: Two) -> None:
+    with two.agent("prod-jira") as agent:
+        made = agent.post(
+            "/rest/api/3/issue",
+            json={
+                "fields": {
+                    "project": {"key": "OPS"},
+                    "issuetype": {"name": "Incident"},
+                    "summary": "Found by a human",
+                }
+            },
+        )
+        assert made.status_code == 201
+    two.sync()
+    listed = two.im.ok("incident", "list", "--format", "json")
+    assert [i["title"] for i in json.loads(listed)] == ["Found by a human"]
+    assert two.sims["prod-snow"].record_count() == 1
+    assert two.sims["prod-pd"].record_count() == 1
+    assert two.sims["prod-jira"].record_count() == 1  # not sent back
+
+
+def test_an_outbound_only_integration_ignores_authentic_webhooks(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    two.im.ok("integration", "configure", "prod-jira", "--direction", "outbound")
+    with two.agent("prod-jira") as agent:
+        agent.put(
+            f"/rest/api/3/issue/{two.external_id('prod-jira', n)}",
+            json={"fields": {"summary": "ignored"}},
+        )
+    two.deliver()
+    assert two.incident(n)["title"] == "Checkout API 5xx"
+    assert two.events("prod-jira")[0]["state"] == "ignored"
+    assert two.counters("prod-jira")["inbound_ignored"] >= 1
+
+
+def _pd_post(two: Two, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return two.daemon.post("/webhooks/prod-pd", content=body, headers=headers)
+
+
+def test_what_is_not_authentic_is_refused_and_applies_nothing(two: Two) -> None:
+    body = json.dumps({"event": {"id": "E1", "event_type": "incident.triggered"}}).encode()
+    good = signatures.pagerduty_signature(SECRET["prod-pd"], body)
+    assert _pd_post(two, body, {}).status_code == 401
+    assert _pd_post(two, body, {"X-PagerDuty-Signature": "v1=00"}).status_code == 401
+    forged = _pd_post(two, body + b" ", {"X-PagerDuty-Signature": good})
+    assert forged.status_code == 401 and forged.json()["error"]["code"] == "unauthenticated"
+    assert "secret" not in forged.text.lower() or SECRET["prod-pd"] not in forged.text
+    not_json = b"not json"
+    answer = _pd_post(
+        two,
+        not_json,
+        {"X-PagerDuty-Signature": signatures.pagerduty_signature(SECRET["prod-pd"], not_json)},
+    )
+    assert answer.status_code == 400
+    big = b"x" * (1024 * 1024 + 1)
+    assert _pd_post(two, big, {"X-PagerDuty-Signature": "v1=00"}).status_code == 413
+    assert two.daemon.post("/webhooks/nope", content=b"{}").status_code == 404
+    assert two.counters("prod-pd")["inbound_failed"] == 4
+    assert two.events("prod-pd") == []
+
+
+def test_an_expired_standard_webhooks_delivery_is_refused(two: Two) -> None:
+    body = b'{"type":"incident.updated"}'
+    stamp = datetime(2026, 11, 27, 8, 54, 0, tzinfo=UTC)  # six minutes before the clock
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(stamp.timestamp())),
+        "webhook-signature": signatures.standard_webhooks_sign(
+            SECRET["prod-snow"], "msg_1", stamp, body
+        ),
+    }
+    answer = two.daemon.post("/webhooks/prod-snow", content=body, headers=headers)
+    assert answer.status_code == 401
+    assert "5 minutes" in answer.json()["error"]["message"]
+
+
+def test_events_lists_deliveries_with_outcomes(two: Two) -> None:
+    new_incident(two)
+    two.sync()
+    out = two.im.ok("integration", "events", "prod-snow")
+    assert "echo" in out and "incident.created" in out
+    assert SECRET["prod-snow"] not in out
+
+
+def test_a_busy_database_is_a_503_with_retry_after_never_a_500(
+    two: Two, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    monkeypatch.setenv("IM_BUSY_TIMEOUT", "0.2")
+    receiver = WebhookReceiver(two.im.db_path, two.clock)
+    bridge = ASGIBridge(create_app(lambda: (True, ""), webhook=receiver.handle))
+    body = json.dumps({"event": {"id": "E2", "event_type": "incident.acknowledged"}}).encode()
+    holder = sqlite3.connect(two.im.db_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with httpx.Client(transport=bridge, base_url="http://im") as daemon:
+            answer = daemon.post(
+                "/webhooks/prod-pd",
+                content=body,
+                headers={
+                    "X-PagerDuty-Signature": signatures.pagerduty_signature(SECRET["prod-pd"], body)
+                },
+            )
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json()["error"]["code"] == "busy"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        receiver.close()
+        bridge.shutdown()
