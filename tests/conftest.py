@@ -119,3 +119,7 @@ def three(initialised: Im) -> Iterator[Im]:
     initialised.ok("integration", "create", "prod-jira", *JIRA, env=SECRETS)
     initialised.ok("integration", "create", "prod-pd", *PD, env=SECRETS)
     yield initialised
+
+
+# the two-way world (simulators, daemon app, stepped sync) for the inbound and conflict tests
+from tests.two_way import two  # noqa: E402, F401

@@ -330,7 +330,8 @@ def test_journal_entries_are_appended_once(world: World) -> None:
     assert linked >= 1
 
 
-def test_an_agents_newer_edit_is_not_overwritten_by_an_older_platform_change(world: World) -> None:
+def test_an_agents_concurrent_edit_is_not_overwritten_blindly(world: World) -> None:
+    world.im.ok("integration", "configure", "prod-jira", "--direction", "bidirectional")
     n = new_incident(world)
     world.step()
     world.sims["prod-jira"].faults.update({"error_rate": 1})

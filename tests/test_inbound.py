@@ -6,153 +6,16 @@ authentic is refused with the right status."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import pytest
 
-from im.clock import FrozenClock
 from im.daemon.app import create_app
 from im.daemon.webhooks import WebhookReceiver
 from im.security import signatures
-from im.sim.core import Simulator
-from im.sim.jira import JiraSimulator
-from im.sim.pagerduty import PagerDutySimulator
-from im.sim.servicenow import ServiceNowSimulator
 from im.sim.transport import ASGIBridge
-from im.store import integrations as integration_rows
-from im.store import open_database, sync_state
-from im.sync.dispatcher import Dispatcher
-from im.sync.inbound import Applier
-from tests.conftest import Im
-
-SECRET = {
-    "prod-snow": "whsec_c2ltdWxhdG9yLXdlYmhvb2stc2VjcmV0",
-    "prod-jira": "jira-shared-secret-0123456789abcdef",
-    "prod-pd": "pd-webhook-secret-0123456789",
-}
-CREATE = {
-    "prod-snow": (["--type", "servicenow", "--url", "http://127.0.0.1:1", "--username", "im-integration"], {"IM_PASSWORD": "im-integration"}),
-    "prod-jira": (["--type", "jira", "--url", "http://127.0.0.1:2", "--email", "im-integration@example.com", "--project", "OPS", "--client-key", "im-sim-jira"], {"IM_API_TOKEN": "im-integration-token"}),
-    "prod-pd": (["--type", "pagerduty", "--url", "http://127.0.0.1:3", "--from-email", "im-integration@example.com", "--service", "PSVC001", "--escalation-policy", "PEP0001"], {"IM_API_TOKEN": "im-integration-token"}),
-}  # fmt: skip
-AGENTS = {
-    "prod-snow": ("agent", "agent"),
-    "prod-jira": ("agent@example.com", "agent-token"),
-}
-
-
-@dataclass
-class Two:
-    """The platform with its daemon app, and the three simulators sending it webhooks."""
-
-    im: Im
-    clock: FrozenClock
-    sims: dict[str, Simulator]
-    daemon: httpx.Client
-    dispatcher: Dispatcher
-    applier: Applier
-
-    def sync(self, rounds: int = 3) -> None:
-        """Send what is queued, deliver every webhook, apply them: until nothing moves."""
-        for _ in range(rounds):
-            self.dispatcher.step()
-            for sim in self.sims.values():
-                sim.webhooks.deliver(self.daemon)
-            self.applier.step()
-
-    def deliver(self) -> None:
-        for sim in self.sims.values():
-            sim.webhooks.deliver(self.daemon)
-        self.applier.step()
-
-    def db(self) -> Any:
-        return self.dispatcher.db
-
-    def counters(self, name: str) -> dict[str, int]:
-        row = integration_rows.find(self.db(), name)
-        assert row
-        return sync_state.counters(self.db(), row["id"])
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return json.loads(self.im.ok("integration", "events", name, "--format", "json"))
-
-    def external_id(self, name: str, incident: int) -> str:
-        row = (
-            self.db()
-            .execute(
-                "SELECT external_id FROM links l JOIN integrations i ON i.id = l.integration_id "
-                "WHERE i.name = ? AND l.incident_id = ?",
-                [name, incident],
-            )
-            .fetchone()
-        )
-        assert row, f"INC-{incident} not linked to {name}"
-        return str(row[0])
-
-    def agent(self, name: str) -> httpx.Client:
-        sim = self.sims[name]
-        if name == "prod-pd":
-            return httpx.Client(
-                transport=sim.transport(),
-                base_url="http://pd",
-                headers={"Authorization": "Token token=agent-token", "From": "agent@example.com"},
-            )
-        return httpx.Client(transport=sim.transport(), base_url="http://sim", auth=AGENTS[name])
-
-    def incident(self, n: int) -> dict[str, Any]:
-        shown: dict[str, Any] = json.loads(
-            self.im.ok("incident", "show", f"INC-{n}", "--format", "json")
-        )
-        return shown
-
-
-@pytest.fixture
-def two(initialised: Im, clock: FrozenClock) -> Iterator[Two]:
-    for name, (args, env) in CREATE.items():
-        initialised.ok(
-            "integration", "create", name, *args, env={**env, "IM_WEBHOOK_SECRET": SECRET[name]}
-        )
-        initialised.ok("integration", "configure", name, "--direction", "bidirectional")
-    sims: dict[str, Simulator] = {
-        "prod-snow": ServiceNowSimulator(clock=clock, webhook_url="http://im/webhooks/prod-snow", webhook_secret=SECRET["prod-snow"]),
-        "prod-jira": JiraSimulator(clock=clock, webhook_url="http://im/webhooks/prod-jira", webhook_secret=SECRET["prod-jira"]),
-        "prod-pd": PagerDutySimulator(clock=clock, webhook_url="http://im/webhooks/prod-pd", webhook_secret=SECRET["prod-pd"]),
-    }  # fmt: skip
-    receiver = WebhookReceiver(initialised.db_path, clock)
-    bridge = ASGIBridge(create_app(lambda: (True, ""), webhook=receiver.handle))
-    daemon = httpx.Client(transport=bridge, base_url="http://im")
-
-    def transport_for(integration: dict[str, Any]) -> httpx.BaseTransport:
-        return sims[integration["name"]].transport()
-
-    db = open_database(initialised.db_path)
-    applier_db = open_database(initialised.db_path)
-    world = Two(
-        initialised,
-        clock,
-        sims,
-        daemon,
-        Dispatcher(db, clock, transport_for=transport_for, sleep=clock.advance),
-        Applier(applier_db, clock, transport_for=transport_for, sleep=clock.advance),
-    )
-    yield world
-    world.dispatcher.close()
-    world.applier.close()
-    receiver.close()
-    bridge.shutdown()
-    db.close()
-    applier_db.close()
-    for sim in sims.values():
-        sim.shutdown()
-
-
-def new_incident(two: Two, *args: str) -> int:
-    out = two.im.ok("incident", "create", "--title", "Checkout API 5xx", "--format", "json", *args)
-    return int(json.loads(out)["incident"]["id"].removeprefix("INC-"))
+from tests.two_way import SECRET, Two, new_incident
 
 
 def test_our_own_writes_come_back_as_echoes_and_change_nothing(two: Two) -> None:

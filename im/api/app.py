@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import Depends, FastAPI
 
 from im import __version__
-from im.api import errors, incidents, integrations
+from im.api import conflicts, errors, incidents, integrations
 from im.api.deps import ApiSettings, principal
 from im.clock import Clock
 
@@ -41,6 +41,7 @@ def create_api(db_path: Path, clock: Clock) -> FastAPI:
     authenticated = [Depends(principal)]
     api.include_router(incidents.router, dependencies=authenticated)
     api.include_router(integrations.router, dependencies=authenticated)
+    api.include_router(conflicts.router, dependencies=authenticated)
     for kind, handler in errors.HANDLERS.items():
         api.add_exception_handler(kind, handler)
     api.add_middleware(errors.Guard)

@@ -275,6 +275,39 @@ def _inbound(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0005_conflicts")
+def _conflicts(db: Database) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE conflicts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            field TEXT NOT NULL,
+            strategy TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'resolved', 'ignored')),
+            platform_value TEXT NOT NULL,
+            platform_at TEXT NOT NULL,
+            platform_actor TEXT NOT NULL,
+            external_value TEXT NOT NULL,
+            external_at TEXT NOT NULL,
+            external_actor TEXT NOT NULL,
+            external_version TEXT,
+            winner TEXT,
+            reason TEXT NOT NULL DEFAULT '',
+            detected_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            resolved_at TEXT,
+            resolved_by TEXT
+        );
+        CREATE INDEX conflicts_status ON conflicts(status, integration_id);
+        CREATE UNIQUE INDEX conflicts_one_pending ON conflicts(incident_id, integration_id, field)
+            WHERE status = 'pending'
+        """,
+    )
+
+
 def pending(db: Database) -> list[str]:
     return [m.name for m in MIGRATIONS.pending(db)]
 

@@ -33,7 +33,8 @@ from im.config import mapping
 from im.config.connection import ConnectorCache, TransportFor
 from im.connectors.base import Connector, ExternalRecord, JournalEntry
 from im.connectors.http import ConnectorError, RateLimitedError
-from im.model import JOURNAL_FIELDS, Incident
+from im.model import JOURNAL_FIELDS, Direction, Incident
+from im.store import conflicts as conflict_rows
 from im.store import inbound as inbound_rows
 from im.store import incidents as incident_rows
 from im.store import integrations as integration_rows
@@ -201,7 +202,9 @@ class Dispatcher:
             rows.finish(self.db, row["id"], format_time(self.clock.now()))
             return None
         link = links.find(self.db, row["incident_id"], integration["id"])
-        fields = dict(row["fields"])
+        # the incident's current values: a row never sends a value the platform has since
+        # replaced (an inbound change, a conflict's winner, a newer edit)
+        fields = {name: incident.value(name) for name in row["fields"]}
         if link is None and row["operation"] == "update":
             # its create was given up (DLQ) or never made: this row creates the record
             table = mapping.mappings(
@@ -214,6 +217,9 @@ class Dispatcher:
                 for name, fm in table.items()
                 if fm.synced and name not in JOURNAL_FIELDS and incident.value(name)
             }
+        # a field in manual review is held back from this integration until it is resolved
+        held = conflict_rows.held_fields(self.db, incident.id, integration["id"])
+        fields = {name: value for name, value in fields.items() if name not in held}
         entry_ids = list(row["journal"])
         linked = snapshots.linked_entries(self.db, integration["id"], entry_ids)
         bodies = {e["id"]: e for e in incident_rows.journal(self.db, incident.id)}
@@ -287,8 +293,11 @@ class Dispatcher:
         assert external_id is not None
         if not job.fields:
             return external_id
-        # Conditional update: a field changed there since our last sync is a concurrent edit;
-        # the newer of the two wins (last-write-wins) instead of being overwritten blindly.
+        # Conditional update: a field changed there since our last sync is a concurrent edit.
+        # On a bidirectional integration it is not overwritten blindly: the field waits for
+        # that edit's event, which the conflict rules decide (SPEC §6). Elsewhere the
+        # platform is the authority and the write goes ahead.
+        bidirectional = job.integration["direction"] == Direction.BIDIRECTIONAL
         current = connector.get(external_id)
         changes: dict[str, str] = {}
         for name, value in job.fields.items():
@@ -301,7 +310,7 @@ class Dispatcher:
                 and theirs != snapshot.value
                 and theirs != ours
             )
-            if concurrent and current.updated_at > job.row["updated_at"]:
+            if concurrent and bidirectional:
                 result.kept_external[name] = theirs or ""
                 continue
             if theirs == ours:  # already so: nothing to write, still acknowledged

@@ -33,12 +33,13 @@ from im.config.connection import ConnectorCache, TransportFor, open_connector, s
 from im.connectors.base import Connector, ExternalRecord, WebhookEvent, WebhookRequest
 from im.connectors.http import ConnectorError, MalformedEventError
 from im.errors import SignatureError, StateError, ValidationError
-from im.model import JOURNAL_FIELDS, SCALAR_FIELDS, Direction, check_transition
+from im.model import JOURNAL_FIELDS, SCALAR_FIELDS, ConflictStrategy, Direction, check_transition
+from im.store import conflicts as conflict_rows
 from im.store import inbound as rows
 from im.store import integrations as integration_rows
 from im.store import links, meta, snapshots, sync_state
 from im.store.db import write
-from im.sync import retry
+from im.sync import conflicts, retry
 
 MAX_BODY = 1024 * 1024
 # never stored: they authenticate a delivery, which is checked before it is stored
@@ -391,11 +392,35 @@ class Applier:
                 if event.by_self:
                     echoed = True
                 continue
-            if not ownership.accepts(direction, rules.get(name)):
-                outcome.notes.append(f"{name}: owned by the platform")
+            held = conflict_rows.pending_for(self.db, incident_id, integration["id"], name)
+            if held is not None:  # a later edit of a field in review joins its conflict
+                conflict_rows.update(
+                    self.db,
+                    held["id"],
+                    {
+                        "external_value": value,
+                        "external_at": event.event_time,
+                        "external_actor": event.actor,
+                        "external_version": event.version,
+                        "updated_at": stamp,
+                    },
+                )
+                outcome.notes.append(f"{name}: held by conflict-{held['id']}")
                 continue
-            if self._platform_newer(incident_id, name, integration, event):
-                outcome.notes.append(f"{name}: the platform changed it later")
+            if snapshot is not None and value == snapshot.value:
+                continue  # unchanged there: the event only repeats it
+            concurrent = (
+                direction is Direction.BIDIRECTIONAL
+                and snapshot is not None
+                and connector.normalise(name, incident.value(name)) != snapshot.value
+            )
+            if concurrent:
+                assert snapshot is not None
+                winner = self._conflict(integration, incident_id, name, value, event, outcome)
+                if winner != conflicts.EXTERNAL:
+                    continue
+            elif not ownership.accepts(direction, rules.get(name)):
+                outcome.notes.append(f"{name}: owned by the platform")
                 continue
             if name == "status":
                 try:
@@ -419,16 +444,48 @@ class Applier:
             outcome.state = "echo"
         return outcome
 
-    def _platform_newer(
-        self, incident_id: int, name: str, integration: Mapping[str, Any], event: WebhookEvent
-    ) -> bool:
-        """The platform changed the field (not from this integration) after the event."""
+    def _conflict(
+        self,
+        integration: Mapping[str, Any],
+        incident_id: int,
+        name: str,
+        value: str,
+        event: WebhookEvent,
+        outcome: Outcome,
+    ) -> str | None:
+        """Both sides changed the field since they last agreed: decide (SPEC §6), record, and
+        make the platform's value win on the integration's side when it wins."""
         row = self.db.execute(
-            "SELECT max(changed_at) FROM field_changes WHERE incident_id = ? AND field = ? "
-            "AND source != ?",
+            "SELECT changed_at, actor, new_value FROM field_changes WHERE incident_id = ? "
+            "AND field = ? AND source != ? ORDER BY id DESC LIMIT 1",
             [incident_id, name, f"external:{integration['name']}"],
         ).fetchone()
-        return bool(row and row[0] and parse_time(row[0]) > parse_time(event.event_time))
+        incident = incidents.get(self.db, incident_id)
+        platform_at = parse_time(row[0]) if row else parse_time(incident.updated_at)
+        platform = conflicts.Edit(incident.value(name), platform_at, row[1] if row else "")
+        external = conflicts.Edit(value, parse_time(event.event_time), event.actor)
+        verdict = conflicts.decide(
+            ConflictStrategy(integration["conflict_strategy"]),
+            float(integration["conflict_window"]),
+            platform,
+            external,
+            integration["id"],
+            conflicts.claims(self.db, name),
+        )
+        stamp = format_time(self.clock.now())
+        if verdict.detected:
+            conflict_id = conflicts.record(
+                self.db, incident_id, integration, name, platform, external, event.version,
+                verdict, stamp,
+            )  # fmt: skip
+            outcome.notes.append(f"{name}: conflict-{conflict_id}, {verdict.reason}")
+        else:
+            outcome.notes.append(f"{name}: {verdict.reason}")
+        if verdict.winner == conflicts.PLATFORM:
+            conflicts.push_platform_value(
+                self.db, incident_id, integration, name, value, event.version, stamp
+            )
+        return verdict.winner
 
     def _journals(
         self,

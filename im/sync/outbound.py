@@ -105,3 +105,28 @@ def enqueue(
             )
         queued.append(Queued(integration["name"], operation, tuple(send), len(entries), merged))
     return queued
+
+
+def queue_fields(
+    db: Database, incident: Incident, integration_id: int, fields: dict[str, str], now: str
+) -> None:
+    """Queue exactly these field values for one integration, whoever owns them (a conflict's
+    winner made true on that side). Merges into the waiting row when there is one."""
+    waiting = rows.waiting_row(db, incident.id, integration_id)
+    if waiting is not None:
+        rows.merge(db, waiting["id"], fields, [], now)
+        return
+    rows.insert(
+        db,
+        {
+            "incident_id": incident.id,
+            "integration_id": integration_id,
+            "operation": "update",
+            "fields": fields,
+            "journal": [],
+            "correlation_key": correlation_key(meta.require(db, "install_id"), incident.id),
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )

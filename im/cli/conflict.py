@@ -1,0 +1,81 @@
+"""``im conflict ...``: simultaneous edits between the platform and an integration."""
+
+from __future__ import annotations
+
+import click
+
+from im.cli.context import app
+from im.cli.output import emit_object, emit_rows, format_option
+
+COLUMNS = (
+    "id",
+    "status",
+    "incident",
+    "integration",
+    "field",
+    "platform_value",
+    "external_value",
+    "winner",
+    "detected_at",
+)
+
+
+@click.group()
+def conflict() -> None:
+    """Review and resolve simultaneous edits (bidirectional integrations)."""
+
+
+@conflict.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "resolved", "ignored"]),
+    default="pending",
+    show_default=True,
+    help="Which conflicts to show.",
+)
+@click.option("--integration", "integration_name", help="Only this integration's conflicts.")
+@format_option
+def list_(status: str, integration_name: str | None, fmt: str) -> None:
+    """List conflicts (pending ones by default)."""
+    from im.config import integrations as config
+    from im.sync import conflicts
+
+    ctx = app()
+    integration_id = config.find(ctx.db, integration_name)["id"] if integration_name else None
+    rows = conflicts.listing(ctx.db, status, integration_id)
+    emit_rows(rows, COLUMNS if fmt == "table" else conflicts.VIEW_KEYS, fmt)
+
+
+@conflict.command()
+@click.argument("conflict_id", metavar="ID")
+@format_option
+def show(conflict_id: str, fmt: str) -> None:
+    """Show a conflict: both values, both times and actors, incident, field, integration."""
+    from im.sync import conflicts
+
+    emit_object(conflicts.view(conflicts.get(app().db, conflict_id)), fmt)
+
+
+@conflict.command()
+@click.argument("conflict_id", metavar="ID")
+@click.option("--use-platform", "choice", flag_value="platform", help="The platform's value wins.")
+@click.option("--use-external", "choice", flag_value="external", help="The external value wins.")
+@click.option(
+    "--ignore",
+    "choice",
+    flag_value="ignore",
+    help="Keep both sides as they are (an accepted divergence).",
+)
+def resolve(conflict_id: str, choice: str | None) -> None:
+    """Resolve a pending conflict; the winner is made true on both sides."""
+    from im.errors import UsageError
+    from im.sync import conflicts
+
+    if choice is None:
+        raise UsageError("choose one of --use-platform, --use-external or --ignore")
+    ctx = app()
+    done = conflicts.resolve(ctx.db, ctx.clock, ctx.principal, conflict_id, choice)
+    outcome = (
+        "ignored (both sides kept)" if choice == "ignore" else f"resolved: {choice} value wins"
+    )
+    click.echo(f"conflict-{done['id']} {outcome}")
