@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -310,3 +311,35 @@ def test_the_daemon_serves_the_rest_api_with_a_token(live: Live, db_path: Path) 
         assert httpx.get(f"{base}/openapi.json").json()["paths"]
     finally:
         stop(daemon)
+
+
+def test_the_daemon_serves_https_and_warns_off_loopback_without_tls(
+    live: Live, db_path: Path, tmp_path: Path
+) -> None:
+    from im.sim.server import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path / "tls")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "im", "--db", str(db_path), "daemon", "--port", str(port),
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                trust = ssl.create_default_context(cafile=str(cert))
+                answer = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust, timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.05)
+        assert answer.json() == {"status": "ok"}
+    finally:
+        stop(process)
+    half = live("daemon", "--tls-cert", str(cert))
+    assert half.exit_code == 2 and "go together" in half.stderr
+    exposed = start_daemon(db_path, free_port(), "--host", "0.0.0.0")
+    _, log = stop(exposed)
+    assert "warning: listening on 0.0.0.0 without TLS" in log

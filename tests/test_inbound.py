@@ -262,3 +262,39 @@ def test_a_busy_database_is_a_503_with_retry_after_never_a_500(
         holder.close()
         receiver.close()
         bridge.shutdown()
+
+
+def test_an_event_that_cannot_be_applied_is_retried_then_dead_lettered_inbound(two: Two) -> None:
+    jira = two.sims["prod-jira"]
+    jira.faults.update({"drop_webhooks": 1})  # its create event is lost
+    with two.agent("prod-jira") as agent:
+        made = agent.post(
+            "/rest/api/3/issue",
+            json={
+                "fields": {
+                    "project": {"key": "OPS"},
+                    "issuetype": {"name": "Incident"},
+                    "summary": "made by hand",
+                }
+            },
+        ).json()
+        jira.faults.update({"drop_webhooks": 0})
+        two.clock.advance(5)
+        agent.put(
+            f"/rest/api/3/issue/{made['id']}", json={"fields": {"summary": "made by hand, edited"}}
+        )
+    jira.faults.update({"error_rate": 1})  # reading the unknown issue fails
+    two.deliver()
+    for wait in (30, 120, 480, 1800):
+        two.clock.advance(wait)
+        two.applier.step()
+    [entry] = json.loads(two.im.ok("integration", "dlq", "prod-jira", "--format", "json"))
+    assert entry["direction"] == "inbound" and len(entry["attempts"]) == 5
+    assert "500" in entry["error"]
+    assert two.counters("prod-jira")["inbound_failed"] == 1
+    jira.faults.update({"error_rate": 0})
+    two.im.ok("integration", "dlq-retry", "prod-jira", entry["id"])
+    two.applier.step()
+    listed = json.loads(two.im.ok("incident", "list", "--format", "json"))
+    assert [i["title"] for i in listed] == ["made by hand, edited"]
+    assert json.loads(two.im.ok("integration", "dlq", "prod-jira", "--format", "json")) == []

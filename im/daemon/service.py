@@ -40,6 +40,12 @@ class Options:
     public_url: str | None = None
     log_file: Path | None = None
     log_level: str = "info"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
 
 def lock_path(db_path: Path) -> Path:
@@ -107,7 +113,7 @@ class Daemon:
                     "daemon.started",
                     {
                         "pid": os.getpid(),
-                        "listen": f"http://{options.host}:{options.port}",
+                        "listen": f"{options.scheme}://{options.host}:{options.port}",
                         "database": str(options.db_path),
                         "leases_taken_back": taken_back,
                     },
@@ -134,6 +140,8 @@ class Daemon:
                 log_level="warning",
                 access_log=False,
                 lifespan="on",
+                ssl_certfile=str(self.options.tls_cert) if self.options.tls_cert else None,
+                ssl_keyfile=str(self.options.tls_key) if self.options.tls_key else None,
             )
         )
         server.run()

@@ -18,6 +18,11 @@ def store(db: Database, values: dict[str, Any]) -> int:
     return insert_row(db, "inbound_events", values)
 
 
+def get(db: Database, event_id: int) -> dict[str, Any] | None:
+    rows = list(db.query("SELECT * FROM inbound_events WHERE id = ?", [event_id]))
+    return rows[0] if rows else None
+
+
 def due(db: Database, now: str, limit: int) -> list[dict[str, Any]]:
     return list(
         db.query(

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from im.store import dead_letters
 from im.store.db import insert_row
 
 LIVE_STATES = ("pending", "in_flight", "in_doubt")
@@ -233,17 +234,8 @@ def reschedule(
         values["operation"] = extra["operation"]
     assignments = ", ".join(f"{column} = ?" for column in values)
     db.execute(f"UPDATE outbox SET {assignments} WHERE id = ?", [*values.values(), row_id])
-
-
-def dead(db: Database, integration_id: int) -> list[dict[str, Any]]:
-    """The integration's DLQ entries, oldest first."""
-    return [
-        _decode(r)
-        for r in db.query(
-            "SELECT * FROM outbox WHERE integration_id = ? AND state = 'dead' ORDER BY id",
-            [integration_id],
-        )
-    ]
+    if state == "dead":
+        dead_letters.add(db, row["integration_id"], "outbound", now, outbox_id=row_id)
 
 
 def close_dead(db: Database, row_id: int, state: str, now: str) -> None:

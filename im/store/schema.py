@@ -308,6 +308,27 @@ def _conflicts(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0006_dead_letters")
+def _dead_letters(db: Database) -> None:
+    # One numbering for the DLQ, whichever way the change was going: entry-<id>.
+    _run(
+        db,
+        """
+        CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            direction TEXT NOT NULL CHECK (direction IN ('outbound', 'inbound')),
+            outbox_id INTEGER REFERENCES outbox(id) ON DELETE CASCADE,
+            event_id INTEGER REFERENCES inbound_events(id) ON DELETE CASCADE,
+            state TEXT NOT NULL DEFAULT 'dead',
+            created_at TEXT NOT NULL,
+            closed_at TEXT
+        );
+        CREATE INDEX dead_letters_open ON dead_letters(integration_id, state)
+        """,
+    )
+
+
 def pending(db: Database) -> list[str]:
     return [m.name for m in MIGRATIONS.pending(db)]
 

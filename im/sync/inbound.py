@@ -35,9 +35,9 @@ from im.connectors.http import ConnectorError, MalformedEventError
 from im.errors import SignatureError, StateError, ValidationError
 from im.model import JOURNAL_FIELDS, SCALAR_FIELDS, ConflictStrategy, Direction, check_transition
 from im.store import conflicts as conflict_rows
+from im.store import dead_letters, links, meta, snapshots, sync_state
 from im.store import inbound as rows
 from im.store import integrations as integration_rows
-from im.store import links, meta, snapshots, sync_state
 from im.store.db import write
 from im.sync import conflicts, retry
 
@@ -243,6 +243,9 @@ class Applier:
             if wait is None:
                 values["state"] = "dead"
                 sync_state.count(self.db, integration["id"], "inbound_failed")
+                dead_letters.add(
+                    self.db, integration["id"], "inbound", stamp, event_id=stored["id"]
+                )
             else:
                 values["next_attempt_at"] = format_time(now + timedelta(seconds=wait))
             rows.settle(self.db, stored["id"], values)

@@ -26,7 +26,7 @@ from im.connectors.http import (
 )
 from im.errors import NotFoundError
 from im.model import incident_display_id
-from im.store import incidents, outbox
+from im.store import dead_letters, inbound, incidents, outbox
 from im.store.db import write
 
 # seconds to wait after attempt N failed, before attempt N + 1
@@ -121,59 +121,89 @@ class DeadEntry:
     dead_at: str
 
 
-def _entry(row: dict[str, Any]) -> DeadEntry:
-    log = [Attempt(a["at"], a["error"], bool(a.get("charged", True))) for a in row["attempt_log"]]
+def _log(text: str) -> tuple[Attempt, ...]:
+    return tuple(
+        Attempt(a["at"], a["error"], bool(a.get("charged", True))) for a in json.loads(text)
+    )
+
+
+def _entry(db: Database, letter: dict[str, Any]) -> DeadEntry:
+    if letter["outbox_id"] is not None:
+        row = outbox.get(db, letter["outbox_id"])
+        assert row is not None
+        return DeadEntry(
+            id=entry_id(letter["id"]),
+            incident=incident_display_id(row["incident_id"]),
+            direction="outbound",
+            operation=row["operation"],
+            fields=tuple(sorted(row["fields"])),
+            journal=len(row["journal"]),
+            attempts=_log(row["attempt_log"]),
+            error=row["last_error"] or "",
+            queued_at=row["created_at"],
+            dead_at=letter["created_at"],
+        )
+    event = inbound.get(db, letter["event_id"])
+    assert event is not None
     return DeadEntry(
-        id=entry_id(row["id"]),
-        incident=incident_display_id(row["incident_id"]),
-        direction=row["direction"],
-        operation=row["operation"],
-        fields=tuple(sorted(row["fields"])),
-        journal=len(row["journal"]),
-        attempts=tuple(log),
-        error=row["last_error"] or "",
-        queued_at=row["created_at"],
-        dead_at=row["updated_at"],
+        id=entry_id(letter["id"]),
+        incident=incident_display_id(event["incident_id"]) if event["incident_id"] else "",
+        direction="inbound",
+        operation=event["event_type"] or "webhook",
+        fields=(),
+        journal=0,
+        attempts=_log(event["attempt_log"]),
+        error=event["outcome"] or "",
+        queued_at=event["received_at"],
+        dead_at=letter["created_at"],
     )
 
 
 def dead_entries(db: Database, integration: Mapping[str, Any]) -> list[DeadEntry]:
     """The integration's DLQ, oldest first, each with every attempt's time and error."""
-    result = []
-    for row in outbox.dead(db, integration["id"]):
-        row["attempt_log"] = json.loads(row["attempt_log"])
-        result.append(_entry(row))
-    return result
+    return [_entry(db, letter) for letter in dead_letters.open_entries(db, integration["id"])]
 
 
-def _targets(db: Database, integration: Mapping[str, Any], entry: str | None) -> list[int]:
-    """Row ids of one entry (``entry``) or, with None, of every entry of the integration."""
-    dead = [row["id"] for row in outbox.dead(db, integration["id"])]
+def _targets(
+    db: Database, integration: Mapping[str, Any], entry: str | None
+) -> list[dict[str, Any]]:
+    """One entry (``entry``) or, with None, every open entry of the integration."""
+    letters = dead_letters.open_entries(db, integration["id"])
     if entry is None:
-        return dead
-    row_id = parse_entry_id(entry)
-    if row_id not in dead:
+        return letters
+    wanted = parse_entry_id(entry)
+    found = [letter for letter in letters if letter["id"] == wanted]
+    if not found:
         raise NotFoundError(
-            f"{integration['name']} has no DLQ entry {entry_id(row_id)}",
+            f"{integration['name']} has no DLQ entry {entry_id(wanted)}",
             f"see `im integration dlq {integration['name']}`",
         )
-    return [row_id]
+    return found
 
 
 def retry_dead(
     db: Database, clock: Clock, integration: Mapping[str, Any], entry: str | None
 ) -> list[str]:
-    """Queue DLQ entries again as fresh rows that send the incident's *current* values of
-    their fields (never the stale ones). Returns the entry ids retried."""
+    """Queue DLQ entries again: an outbound one as a fresh row that sends the incident's
+    *current* values of its fields (never the stale ones), an inbound one to be applied again.
+    Returns the entry ids retried."""
     now = format_time(clock.now())
     retried = []
     with write(db):
-        for row_id in _targets(db, integration, entry):
-            row = outbox.get(db, row_id)
+        for letter in _targets(db, integration, entry):
+            dead_letters.close(db, letter["id"], "retried", now)
+            retried.append(entry_id(letter["id"]))
+            if letter["event_id"] is not None:
+                inbound.settle(
+                    db,
+                    letter["event_id"],
+                    {"state": "received", "attempts": 0, "next_attempt_at": now},
+                )
+                continue
+            row = outbox.get(db, letter["outbox_id"])
             assert row is not None
+            outbox.close_dead(db, row["id"], "retried", now)
             incident = incidents.get(db, row["incident_id"])
-            outbox.close_dead(db, row_id, "retried", now)
-            retried.append(entry_id(row_id))
             if incident is None:
                 continue
             outbox.insert(
@@ -185,7 +215,6 @@ def retry_dead(
                     "fields": {f: incident.value(f) for f in row["fields"]},
                     "journal": row["journal"],
                     "correlation_key": row["correlation_key"],
-                    "direction": row["direction"],
                     "next_attempt_at": now,
                     "created_at": now,
                     "updated_at": now,
@@ -197,10 +226,15 @@ def retry_dead(
 def discard_dead(
     db: Database, clock: Clock, integration: Mapping[str, Any], entry: str | None
 ) -> list[str]:
-    """Take DLQ entries off the list without sending them. Returns the entry ids."""
+    """Take DLQ entries off the list without sending or applying them (they stay in the
+    database as discarded). Returns the entry ids."""
     now = format_time(clock.now())
     with write(db):
-        targets = _targets(db, integration, entry)
-        for row_id in targets:
-            outbox.close_dead(db, row_id, "discarded", now)
-    return [entry_id(r) for r in targets]
+        letters = _targets(db, integration, entry)
+        for letter in letters:
+            dead_letters.close(db, letter["id"], "discarded", now)
+            if letter["outbox_id"] is not None:
+                outbox.close_dead(db, letter["outbox_id"], "discarded", now)
+            else:
+                inbound.settle(db, letter["event_id"], {"state": "discarded"})
+    return [entry_id(letter["id"]) for letter in letters]
