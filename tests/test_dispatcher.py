@@ -443,3 +443,25 @@ def test_dlq_table_shows_every_attempt(world: World) -> None:
     assert len(lines) == 5
     assert all(f"INC-{n}" in line and "500" in line for line in lines)
     assert [line.split()[5] for line in lines] == ["1", "2", "3", "4", "5"]
+
+
+def test_a_missing_master_key_blocks_sending_and_says_so_once(world: World, tmp_path: Any) -> None:
+    new_incident(world)
+    for key_file in tmp_path.rglob("master.key"):
+        key_file.unlink()
+    said: list[tuple[str, dict[str, Any]]] = []
+    blocked = Dispatcher(
+        world.dispatcher.db,
+        world.clock,
+        transport_for=lambda i: world.sims[i["name"]].transport(),
+        log=lambda event, values: said.append((event, values)),
+    )
+    try:
+        blocked.step()
+        blocked.step()
+    finally:
+        blocked.close()
+    assert [event for event, _ in said] == ["outbound.blocked"] * 3
+    assert all("key" in values["error"] for _, values in said)
+    assert all(r["state"] == "pending" for r in world.rows("prod-pd"))
+    assert world.sims["prod-pd"].record_count() == 0

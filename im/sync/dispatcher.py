@@ -33,6 +33,7 @@ from im.config import mapping
 from im.config.connection import ConnectorCache, TransportFor
 from im.connectors.base import Connector, ExternalRecord, JournalEntry
 from im.connectors.http import ConnectorError, RateLimitedError
+from im.errors import ImError
 from im.model import JOURNAL_FIELDS, Direction, Incident
 from im.store import conflicts as conflict_rows
 from im.store import inbound as inbound_rows
@@ -120,6 +121,7 @@ class Dispatcher:
         self._cache = ConnectorCache(db, transport_for=transport_for, sleep=sleep)
         self._lock = threading.Lock()
         self._record_lock = threading.Lock()
+        self._block_reasons: dict[int, str] = {}
         self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(thread_name_prefix="im-send") if parallel else None
 
@@ -165,12 +167,16 @@ class Dispatcher:
                     continue
                 if not self._within_pace(integration, budget):
                     continue
+                try:
+                    # built here, on this thread: senders must not touch the shared connection
+                    self._connector(integration)
+                except ImError as exc:  # e.g. the master key is missing: nothing can be sent
+                    self._blocked(integration, exc)
+                    continue
                 rows.lease(self.db, row["id"], self.owner, format_time(now + self._lease), stamp)
                 job = self._job(row, integration)
                 if job is None:
                     continue
-                # built here, on this thread: senders must not touch the shared connection
-                self._connector(integration)
                 jobs.append(job)
             for integration_id, used in budget.items():
                 rate = self._rate(integration_id)
@@ -179,6 +185,13 @@ class Dispatcher:
                         self.db, integration_id, format_time(now + timedelta(seconds=used / rate))
                     )
         return reaped, jobs
+
+    def _blocked(self, integration: Mapping[str, Any], error: ImError) -> None:
+        """Say once (not every tick) why an integration's changes cannot be sent."""
+        message = str(error)
+        if self._block_reasons.get(integration["id"]) != message:
+            self._block_reasons[integration["id"]] = message
+            self._log("outbound.blocked", {"integration": integration["name"], "error": message})
 
     def _rate(self, integration_id: int) -> float | None:
         row = integration_rows.find(self.db, str(integration_id))

@@ -31,8 +31,8 @@ from im.clock import Clock, format_time, parse_time
 from im.config import ownership
 from im.config.connection import ConnectorCache, TransportFor, open_connector, secret
 from im.connectors.base import Connector, ExternalRecord, WebhookEvent, WebhookRequest
-from im.connectors.http import ConnectorError, MalformedEventError
-from im.errors import SignatureError, StateError, ValidationError
+from im.connectors.http import MalformedEventError
+from im.errors import ImError, SignatureError, StateError, ValidationError
 from im.model import JOURNAL_FIELDS, SCALAR_FIELDS, ConflictStrategy, Direction, check_transition
 from im.store import conflicts as conflict_rows
 from im.store import dead_letters, links, meta, snapshots, sync_state
@@ -171,7 +171,6 @@ class Applier:
         integration = integration_rows.find(self.db, str(stored["integration_id"]))
         if integration is None:
             return False
-        connector = self._cache.get(integration)
         request = WebhookRequest(
             stored["method"],
             stored["path"],
@@ -180,12 +179,13 @@ class Applier:
             bytes(stored["body"]),
         )
         try:
+            connector = self._cache.get(integration)
             event = connector.parse_webhook(request)
             record = self._record_if_needed(connector, integration, event)
         except MalformedEventError as exc:
             self._settle(stored, integration, Outcome("failed", notes=[exc.message]))
             return True
-        except ConnectorError as exc:
+        except ImError as exc:  # the system could not be read, or the key is missing
             self._retry_later(stored, integration, exc)
             return False
         if event is None:
@@ -227,7 +227,7 @@ class Applier:
         return None
 
     def _retry_later(
-        self, stored: dict[str, Any], integration: Mapping[str, Any], error: ConnectorError
+        self, stored: dict[str, Any], integration: Mapping[str, Any], error: ImError
     ) -> None:
         now = self.clock.now()
         stamp = format_time(now)
