@@ -110,7 +110,7 @@ def test_one_daemon_per_database_and_a_clean_stop(live: Live, db_path: Path) -> 
             text=True,
             timeout=30,
         )
-        assert second.returncode == 1
+        assert second.returncode == 3
         assert second.stderr.startswith(
             f"error: a daemon is already running for {db_path} (pid {first.pid}"
         )
@@ -343,3 +343,17 @@ def test_the_daemon_serves_https_and_warns_off_loopback_without_tls(
     exposed = start_daemon(db_path, free_port(), "--host", "0.0.0.0")
     _, log = stop(exposed)
     assert "warning: listening on 0.0.0.0 without TLS" in log
+
+
+def test_daemon_options_that_cannot_work_are_refused_before_it_starts(
+    live: Live, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    bad_tls = live(
+        "daemon", "--port", str(free_port()), "--tls-cert", str(junk), "--tls-key", str(junk)
+    )
+    assert bad_tls.exit_code == 2 and "cannot be used" in bad_tls.stderr
+    bad_host = live("daemon", "--host", "999.1.1.1", "--port", str(free_port()))
+    assert bad_host.exit_code == 2 and "--host" in bad_host.stderr
+    assert live("daemon", "--public-url", "http://a b").exit_code == 2

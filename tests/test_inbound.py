@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -298,3 +299,40 @@ def test_an_event_that_cannot_be_applied_is_retried_then_dead_lettered_inbound(t
     listed = json.loads(two.im.ok("incident", "list", "--format", "json"))
     assert [i["title"] for i in listed] == ["made by hand, edited"]
     assert json.loads(two.im.ok("integration", "dlq", "prod-jira", "--format", "json")) == []
+
+
+def test_the_hourly_purge_forgets_what_is_older_than_a_week(two: Two) -> None:
+    new_incident(two)
+    two.sync()
+    counts = "SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM pushes), (SELECT count(*) FROM inbound_events)"
+    assert all(two.db().execute(counts).fetchone())
+    two.clock.advance(6 * 24 * 3600)
+    two.applier.purge()
+    assert all(two.db().execute(counts).fetchone())
+    two.clock.advance(2 * 24 * 3600)
+    two.applier.purge()
+    assert two.db().execute(counts).fetchone() == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "header"),
+    [
+        ("prod-pd", "x-pagerduty-signature"),
+        ("prod-jira", "x-hub-signature"),
+        ("prod-snow", "webhook-signature"),
+    ],
+)
+def test_a_signature_header_with_non_ascii_bytes_is_a_401_not_a_500(
+    two: Two, name: str, header: str
+) -> None:
+    value = {"x-pagerduty-signature": b"v1=\xc3\xa9", "x-hub-signature": b"sha256=\xc3\xa9"}.get(
+        header, b"v1,\xc3\xa9=="
+    )
+    headers: dict[str, Any] = {header: value}
+    if name == "prod-snow":
+        headers |= {
+            "webhook-id": "msg_9",
+            "webhook-timestamp": str(int(two.clock.now().timestamp())),
+        }
+    answer = two.daemon.post(f"/webhooks/{name}", content=b"{}", headers=headers)
+    assert answer.status_code == 401

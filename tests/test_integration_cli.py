@@ -255,3 +255,17 @@ def test_delete_needs_confirmation_and_drops_queued_changes(three: Im) -> None:
         == 0
     )
     assert three("integration", "get", "prod-pd").exit_code == 1
+
+
+@pytest.mark.parametrize("value", ["zq9\\r\\nX-Evil: 1", "zq9\\u20ac", "zq9\\x07"])
+def test_secrets_http_cannot_carry_are_refused_at_input(
+    initialised: Im, tmp_path: Path, value: str
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(value.encode().decode("unicode_escape"), encoding="utf-8")
+    result = initialised(
+        "integration", "create", "pd", "--type", "pagerduty", "--from-email", "im@example.com",
+        "--service", "PSVC001", "--api-token-file", str(secret_file),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "printable ASCII" in result.stderr and "zq9" not in result.stderr

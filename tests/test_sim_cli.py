@@ -75,3 +75,14 @@ def test_sim_refuses_a_bad_fault_and_a_busy_port() -> None:
         )
     assert taken.returncode == 2
     assert taken.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
+
+
+def test_a_fault_value_that_is_not_a_number_is_named() -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "im", "sim", "jira", "--fault", "error-rate=abc"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: error-rate takes a number, not 'abc'"

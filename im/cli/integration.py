@@ -254,11 +254,15 @@ def webhook_setup(name: str, public_url: str | None, show_secret: bool) -> None:
     """Print what to configure in the external system so that it sends signed webhooks to
     this integration."""
     from im.config import connection
-    from im.store import meta
+    from im.store import daemon, meta
 
     ctx = app()
-    url = public_url or meta.get(ctx.db, "public_url") or connection.DEFAULT_PUBLIC_URL
-    if not public_url and not meta.get(ctx.db, "public_url"):
+    running = daemon.status(ctx.db, ctx.clock.now())
+    known = meta.get(ctx.db, "public_url") or (
+        f"http://{running.listen}" if running.running and running.listen else None
+    )
+    url = public_url or known or connection.DEFAULT_PUBLIC_URL
+    if not public_url and not known:
         warn(
             f"no public URL known: using {url}; the external system must reach it "
             "(pass --public-url or run `im daemon --public-url URL`)"

@@ -113,7 +113,12 @@ def check_public_url(public_url: str) -> str:
     """The URL where external systems reach the daemon, without a trailing slash. Raises
     ValidationError unless it is an absolute http(s) URL without a query."""
     parsed = urlsplit(public_url.strip())
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query:
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or parsed.query
+        or any(c.isspace() for c in public_url.strip())
+    ):
         raise ValidationError("--public-url must be an http(s) URL such as https://im.example.com")
     return public_url.strip().rstrip("/")
 

@@ -332,6 +332,12 @@ def _store_secrets(
             raise UsageError(f"--{name.replace('_', '-')} does not apply to {kind} integrations")
         if not value:
             raise ValidationError(f"the {specs[name].label} must not be empty")
+        if not value.isascii() or not value.isprintable():
+            # it travels in HTTP headers, which carry neither control characters nor non-ASCII
+            raise ValidationError(
+                f"the {specs[name].label} must be printable ASCII characters "
+                "(no control characters, no line breaks)"
+            )
         sealed = seal(key, value, secret_owner(integration_id, name))
         rows.put_secret(db, integration_id, name, sealed, key.key_id, now)
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from im.errors import ImError
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
 
 USER_AGENT = "im-sync/0.1"
@@ -94,11 +96,34 @@ def make_client(
     """A pooled client for one integration. Never disables certificate checks."""
     import ssl
 
-    import httpx
-
     verify: ssl.SSLContext | bool = True
     if ca_bundle:
-        verify = ssl.create_default_context(cafile=ca_bundle)
+        try:
+            verify = ssl.create_default_context(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSError(
+                f"the CA bundle {ca_bundle[:200]} cannot be used ({_reason(exc)})",
+                "point --ca-bundle at a readable PEM file",
+            ) from None
+    try:
+        return _client(base_url, headers, auth, verify, timeout, transport)
+    except (UnicodeEncodeError, ValueError):
+        raise AuthError(
+            "a credential holds characters HTTP cannot carry",
+            "set the secret again with `im integration configure NAME --<secret>-file PATH`",
+        ) from None
+
+
+def _client(
+    base_url: str,
+    headers: Mapping[str, str] | None,
+    auth: httpx.Auth | tuple[str, str] | None,
+    verify: ssl.SSLContext | bool,
+    timeout: float,
+    transport: httpx.BaseTransport | None,
+) -> httpx.Client:
+    import httpx
+
     return httpx.Client(
         base_url=base_url.rstrip("/"),
         headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
@@ -136,6 +161,14 @@ def send(
                 "give the CA with `im integration configure NAME --ca-bundle PATH`",
             ) from None
         raise ConnectionFailedError(f"{target}: cannot connect ({_reason(exc)})") from None
+    except (httpx.LocalProtocolError, UnicodeEncodeError, ValueError):
+        # the request could not even be written (a header value HTTP cannot carry); the
+        # library's message quotes the header, which may be a credential: never show it
+        raise AuthError(
+            f"{target}: the request could not be sent (a credential holds characters HTTP "
+            "cannot carry)",
+            "set the secret again with `im integration configure NAME --<secret>-file PATH`",
+        ) from None
     except httpx.TransportError as exc:
         raise ConnectionFailedError(f"{target}: {_reason(exc)}") from None
     if response.is_success:

@@ -20,8 +20,8 @@ from im.clock import Clock, SystemClock, format_time
 from im.config.connection import check_public_url
 from im.daemon import logs, scheduler
 from im.daemon.app import create_app
-from im.daemon.server import check_port
-from im.errors import DatabaseBusyError, ImError, StateError
+from im.daemon.server import check_port, check_tls
+from im.errors import DatabaseBusyError, ImError, InProgressError
 from im.store import daemon as daemon_rows
 from im.store import meta, open_database
 from im.store import outbox as outbox_rows
@@ -64,7 +64,7 @@ def exclusive(db_path: Path, running: daemon_rows.DaemonStatus) -> Iterator[None
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             where = f" (pid {running.pid}, listening on {running.listen})" if running.pid else ""
-            raise StateError(
+            raise InProgressError(
                 f"a daemon is already running for {db_path}{where}",
                 "stop it first, or use another database with --db",
             ) from None
@@ -91,6 +91,8 @@ class Daemon:
             running = daemon_rows.status(db, self.clock.now())
             with exclusive(options.db_path, running):
                 check_port(options.host, options.port)
+                if options.tls_cert and options.tls_key:
+                    check_tls(str(options.tls_cert), str(options.tls_key))
                 self.logger = logs.setup(options.log_level, options.log_file)
                 now = format_time(self.clock.now())
                 with write(db):

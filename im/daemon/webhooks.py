@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from im.clock import Clock
 from im.connectors.base import WebhookRequest
-from im.errors import DatabaseBusyError, DatabaseError
+from im.errors import DatabaseBusyError, ImError
 from im.store import integrations as integration_rows
 from im.store import meta, open_database
 from im.sync import inbound
@@ -73,6 +73,10 @@ class WebhookReceiver:
             )
         except DatabaseBusyError:
             return _error(503, "busy", "the database is busy; try again", **{"Retry-After": "1"})
-        except DatabaseError as exc:
-            return _error(503, "unavailable", exc.message, **{"Retry-After": "5"})
+        except ImError as exc:  # e.g. the master key is missing: the vendor retries later
+            return _error(503, "unavailable", exc.message, **{"Retry-After": "30"})
+        except Exception as exc:  # never a 500: say what kind of fault, nothing more
+            return _error(
+                503, "internal", f"internal error ({type(exc).__name__})", **{"Retry-After": "30"}
+            )
         return JSONResponse(answer.body, answer.status, headers=answer.headers)

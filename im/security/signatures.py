@@ -20,6 +20,14 @@ from urllib.parse import parse_qsl, quote
 from im.errors import SignatureError
 
 STANDARD_WEBHOOKS_TOLERANCE = timedelta(minutes=5)
+
+
+def _same(expected: str, offered: str) -> bool:
+    """Constant-time comparison of two signatures; a header with non-ASCII characters is
+    simply not a match (``compare_digest`` refuses such strings)."""
+    return offered.isascii() and hmac.compare_digest(expected, offered)
+
+
 JWT_LEEWAY_SECONDS = 60
 
 
@@ -66,7 +74,7 @@ def standard_webhooks_verify(
         if version == "v1":
             try:
                 offered.append(base64.b64decode(value, validate=True))
-            except binascii.Error:
+            except (binascii.Error, ValueError):  # not base64, or not even ASCII
                 continue
     if not offered:
         raise SignatureError("webhook-signature has no v1 signature")
@@ -98,7 +106,7 @@ def hub_signature_verify(secrets: Iterable[str], header: str, body: bytes) -> No
     scheme, _, value = header.strip().partition("=")
     if scheme != "sha256" or not value:
         raise SignatureError("X-Hub-Signature is not sha256=<hex>")
-    if not any(hmac.compare_digest(body_hmac_hex(s, body), value.lower()) for s in secrets):
+    if not any(_same(body_hmac_hex(s, body), value.lower()) for s in secrets):
         raise SignatureError("X-Hub-Signature does not match")
 
 
@@ -116,7 +124,7 @@ def pagerduty_verify(secrets: Iterable[str], header: str, body: bytes) -> None:
         raise SignatureError("missing or malformed X-PagerDuty-Signature header")
     for secret in secrets:
         expected = body_hmac_hex(secret, body)
-        if any(hmac.compare_digest(expected, sig) for sig in offered):
+        if any(_same(expected, sig) for sig in offered):
             return
     raise SignatureError("X-PagerDuty-Signature does not match")
 

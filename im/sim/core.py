@@ -58,7 +58,11 @@ class Faults:
                 names = ", ".join(n.replace("_", "-") for n in known)
                 raise ValueError(f"unknown fault {name!r}: use one of {names}")
             kind = int if known[key].type in ("int", int) else float
-            number = kind(value)
+            try:
+                number = kind(value)
+            except (TypeError, ValueError):
+                what = "a whole number" if kind is int else "a number"
+                raise ValueError(f"{name} takes {what}, not {str(value)[:40]!r}") from None
             if kind is float and key not in ("delay_webhooks", "latency") and not 0 <= number <= 1:
                 raise ValueError(f"{name} is a probability between 0 and 1")
             if number < 0:

@@ -69,8 +69,10 @@ def seen(db: Database, integration_id: int, delivery_id: str, event_id: int, at:
 
 
 def forget_before(db: Database, before: str) -> int:
-    """Drop delivery ids (and the raw events) older than the dedupe window."""
+    """Drop delivery ids, pushes whose echo never came, and the raw events, older than the
+    dedupe window."""
     db.execute("DELETE FROM deliveries WHERE seen_at < ?", [before])
+    db.execute("DELETE FROM pushes WHERE sent_at < ?", [before])
     cursor = db.execute(
         "DELETE FROM inbound_events WHERE received_at < ? AND state != 'received'", [before]
     )

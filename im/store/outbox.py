@@ -238,6 +238,18 @@ def reschedule(
         dead_letters.add(db, row["integration_id"], "outbound", now, outbox_id=row_id)
 
 
+def had_create(db: Database, row: dict[str, Any]) -> bool:
+    """Whether another create of the row's pair was ever given up, retried or in doubt: its
+    record may exist, so a new create looks the correlation key up first."""
+    found = db.execute(
+        "SELECT 1 FROM outbox WHERE incident_id = ? AND integration_id = ? AND id != ? "
+        "AND operation = 'create' AND state IN ('dead', 'retried', 'discarded', 'in_doubt') "
+        "LIMIT 1",
+        [row["incident_id"], row["integration_id"], row["id"]],
+    ).fetchone()
+    return found is not None
+
+
 def close_dead(db: Database, row_id: int, state: str, now: str) -> None:
     """Take an entry out of the DLQ: ``retried`` or ``discarded`` (kept for the record)."""
     db.execute(

@@ -237,6 +237,11 @@ def resolve(db: Database, clock: Clock, actor: str, ref: str, choice: str) -> di
                 db, integration["id"], incident_id, {field: conflict["external_value"]},
                 conflict["external_version"], now,
             )  # fmt: skip
+        if choice == "ignore":  # an accepted divergence: the platform's next change wins
+            snapshots.put(
+                db, integration["id"], incident_id, {field: conflict["external_value"]},
+                conflict["external_version"], now,
+            )  # fmt: skip
         rows.update(
             db,
             conflict["id"],

@@ -32,7 +32,7 @@ from im.clock import Clock, format_time
 from im.config import mapping
 from im.config.connection import ConnectorCache, TransportFor
 from im.connectors.base import Connector, ExternalRecord, JournalEntry
-from im.connectors.http import ConnectorError, RateLimitedError
+from im.connectors.http import AuthError, ConnectorError, RateLimitedError, RetryableError
 from im.errors import ImError
 from im.model import JOURNAL_FIELDS, Direction, Incident
 from im.store import conflicts as conflict_rows
@@ -74,10 +74,18 @@ class Job:
     def creating(self) -> bool:
         return self.external_id is None
 
+    # an earlier create of the pair failed or was in doubt: it may exist already
+    earlier_create: bool = False
+
     @property
     def retrying(self) -> bool:
-        """Sent before (or possibly sent): journal entries are looked up before appending."""
-        return bool(self.row["state"] == "in_doubt" or self.row["attempt_log"] != "[]")
+        """Sent before (or possibly sent): the correlation key and journal entries are
+        looked up before creating or appending."""
+        return bool(
+            self.row["state"] == "in_doubt"
+            or self.row["attempt_log"] != "[]"
+            or self.earlier_create
+        )
 
 
 @dataclass
@@ -251,6 +259,7 @@ class Dispatcher:
             journal=journal,
             snapshots=snapshots.for_pair(self.db, integration["id"], incident.id),
             known_vendor_ids=snapshots.vendor_ids(self.db, integration["id"]) if journal else set(),
+            earlier_create=link is None and rows.had_create(self.db, row),
         )
 
     # -- 2. send -----------------------------------------------------------------------------
@@ -259,8 +268,10 @@ class Dispatcher:
         """Send one integration's rows in order, recording each as soon as it is done (so a
         crash loses at most the row being sent)."""
         results = []
+        paused = False
         for job in jobs:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or paused:
+                # shutting down, or the integration just paused (429, 401): the rest wait
                 result = Result(job, released=True)
             else:
                 with self._record_lock, write(self.db):
@@ -269,6 +280,7 @@ class Dispatcher:
             with self._record_lock:  # one transaction at a time on the shared connection
                 self._record(result)
             results.append(result)
+            paused = paused or isinstance(result.error, RateLimitedError | AuthError)
         return results
 
     def _connector(self, integration: Mapping[str, Any]) -> Connector:
@@ -290,6 +302,10 @@ class Dispatcher:
             self._send_journal(connector, job, result, external_id)
         except ConnectorError as exc:
             result.error = exc
+        except Exception as exc:  # an answer we could not read: an attempt, not a stuck row
+            result.error = RetryableError(
+                f"unexpected {type(exc).__name__} while sending: {str(exc)[:200]}"
+            )
         return result
 
     def _send_fields(self, connector: Connector, job: Job, result: Result) -> str:
@@ -382,12 +398,20 @@ class Dispatcher:
                 )
             for name, value in result.sent.items():
                 inbound_rows.push(self.db, integration_id, job.incident.id, name, value, stamp)
-            if result.sent and result.record is not None:
+            if result.record is not None:
+                # Only what the read-back shows as sent becomes the snapshot, at that version:
+                # a person's edit that landed between our write and the read keeps the old
+                # snapshot, so its own event is not taken for stale.
+                confirmed = {
+                    name: value
+                    for name, value in result.sent.items()
+                    if result.record.fields.get(name, value) == value
+                }
                 snapshots.put(
                     self.db,
                     integration_id,
                     job.incident.id,
-                    result.sent,
+                    confirmed,
                     result.record.version,
                     stamp,
                 )

@@ -155,9 +155,21 @@ class Applier:
         stamp = format_time(self.clock.now())
         settled = 0
         for event in rows.due(self.db, stamp, BATCH):
-            if self._one(event):
-                settled += 1
+            try:
+                if self._one(event):
+                    settled += 1
+            except Exception as exc:  # one event that cannot be applied must not stop the rest
+                self._fail(event, exc)
         return settled
+
+    def _fail(self, stored: dict[str, Any], exc: Exception) -> None:
+        with write(self.db):
+            rows.settle(
+                self.db,
+                stored["id"],
+                {"state": "failed", "outcome": f"could not be applied ({type(exc).__name__})"},
+            )
+            sync_state.count(self.db, stored["integration_id"], "inbound_failed")
 
     def purge(self) -> int:
         """Forget delivery ids and settled events older than the dedupe window (7 days)."""
@@ -304,13 +316,18 @@ class Applier:
                     self.db, ours, integration["id"], event.external_id, event.external_key, stamp
                 )
                 link = links.by_external(self.db, integration["id"], event.external_id)
+                if link is None:  # the incident is linked to another record there already
+                    return Outcome(
+                        "ignored",
+                        ours,
+                        [f"a second record ({event.external_key}) for an incident linked there"],
+                    )
             elif event.deleted:
                 return Outcome("ignored", notes=["a record that is not linked was deleted"])
             elif not direction.receives:
                 return Outcome("ignored", notes=["the integration does not take inbound changes"])
             else:
                 return self._adopt(integration, event, record)
-        assert link is not None
         if event.deleted:
             links.mark_broken(self.db, link["incident_id"], integration["id"])
             return Outcome(
@@ -376,15 +393,17 @@ class Applier:
         for name, value in event.changes.items():
             if name not in SCALAR_FIELDS:
                 continue
+            snapshot = known.get(name)
+            newer = snapshot is None or not snapshot.version or event.version > snapshot.version
             if event.by_self and rows.acknowledge(
                 self.db, integration["id"], incident_id, name, value, stamp
             ):
                 echoed = True  # our own write coming back: it acknowledges the push
-                snapshots.put(
-                    self.db, integration["id"], incident_id, {name: value}, event.version, stamp
-                )
+                if newer:  # a late echo must not roll the snapshot back
+                    snapshots.put(
+                        self.db, integration["id"], incident_id, {name: value}, event.version, stamp
+                    )
                 continue
-            snapshot = known.get(name)
             if snapshot is not None and snapshot.version and event.version <= snapshot.version:
                 outcome.notes.append(f"{name}: stale (not newer than what was synced)")
                 continue
@@ -424,6 +443,10 @@ class Applier:
                     continue
             elif not ownership.accepts(direction, rules.get(name)):
                 outcome.notes.append(f"{name}: owned by the platform")
+                # seen and set aside: the platform's next change is not a concurrent one
+                snapshots.put(
+                    self.db, integration["id"], incident_id, {name: value}, event.version, stamp
+                )
                 continue
             if name == "status":
                 try:

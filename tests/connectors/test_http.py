@@ -162,3 +162,17 @@ def test_tls_is_verified_and_a_ca_bundle_makes_a_private_ca_trusted(tls_server) 
     assert "--ca-bundle" in (caught.value.hint or "")
     with http.make_client(url, ca_bundle=str(cert)) as client:
         assert http.send(client, "GET", "/x", _error_text).json() == {"ok": True}
+
+
+def test_a_credential_http_cannot_carry_is_an_auth_error_that_never_quotes_it(
+    tls_server: tuple[str, Path],
+) -> None:
+    url, cert = tls_server
+    for secret in ("SECRET-1\r\nX-Evil: 1", "SECRET-2-\u20ac"):
+        headers = {"Authorization": f"Token token={secret}"}
+        with (
+            pytest.raises(http.AuthError) as caught,
+            http.make_client(url, headers=headers, ca_bundle=str(cert)) as client,
+        ):
+            http.send(client, "GET", "/x", _error_text)
+        assert "SECRET" not in str(caught.value)
