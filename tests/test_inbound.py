@@ -336,3 +336,27 @@ def test_a_signature_header_with_non_ascii_bytes_is_a_401_not_a_500(
         }
     answer = two.daemon.post(f"/webhooks/{name}", content=b"{}", headers=headers)
     assert answer.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[]", 'the delivery has no "event" object'),
+        (b'{"event": null}', 'the delivery has no "event" object'),
+        (
+            b'{"event": {"id": "E3", "event_type": "incident.acknowledged", "resource_type": "incident"}}',
+            "incident.acknowledged has no data object",
+        ),
+    ],
+)
+def test_an_authentic_but_malformed_delivery_is_a_422_with_the_reason(
+    two: Two, body: bytes, reason: str
+) -> None:
+    signature = signatures.pagerduty_signature(SECRET["prod-pd"], body)
+    answer = two.daemon.post(
+        "/webhooks/prod-pd", content=body, headers={"X-PagerDuty-Signature": signature}
+    )
+    assert answer.status_code == 422
+    assert answer.json()["error"]["message"] == reason
+    assert two.events("prod-pd") == []
+    assert two.counters("prod-pd")["inbound_failed"] == 1

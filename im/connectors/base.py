@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # httpx costs ~140 ms to import; the value maps must stay cheap
     import httpx
@@ -187,6 +187,11 @@ class Connector(Protocol):
 
     def verify_webhook(self, request: WebhookRequest, secrets: list[str], now: datetime) -> None:
         """Raise SignatureError unless the delivery is authentic under one of ``secrets``."""
+        ...
+
+    def malformed(self, payload: Any) -> str | None:
+        """What is wrong with an authentic delivery's decoded JSON (None: nothing), checked
+        on the request path, so without any network call."""
         ...
 
     def parse_webhook(self, request: WebhookRequest) -> WebhookEvent | None:

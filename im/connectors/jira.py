@@ -891,6 +891,20 @@ class JiraConnector:
             return
         raise SignatureError("neither Authorization: JWT nor X-Hub-Signature is present")
 
+    def malformed(self, payload: Any) -> str | None:
+        """What is wrong with an authentic delivery's JSON, without any network call."""
+        if not isinstance(payload, dict):
+            return "the webhook body is not a JSON object"
+        event_type = payload.get("webhookEvent")
+        if event_type not in WEBHOOK_EVENTS:
+            return None
+        issue = payload.get("issue")
+        if not isinstance(issue, dict) or not issue.get("id"):
+            return f"{event_type} without an issue id"
+        if event_type == "comment_created" and not _obj(payload.get("comment")).get("id"):
+            return "comment_created without a comment id"
+        return None
+
     def parse_webhook(self, request: WebhookRequest) -> WebhookEvent | None:
         """The event of a ``jira:issue_created``, ``jira:issue_updated``,
         ``jira:issue_deleted`` or ``comment_created`` delivery (REST v2 representation), or
@@ -901,14 +915,14 @@ class JiraConnector:
             payload = signatures.json_body(request.body)
         except ValueError:
             raise http.MalformedEventError("the webhook body is not UTF-8 JSON") from None
-        if not isinstance(payload, dict):
-            raise http.MalformedEventError("the webhook body is not a JSON object")
+        problem = self.malformed(payload)
+        if problem:
+            raise http.MalformedEventError(problem)
+        assert isinstance(payload, dict)  # malformed() said so
         event_type = payload.get("webhookEvent")
         if event_type not in WEBHOOK_EVENTS:
             return None
-        issue = payload.get("issue")
-        if not isinstance(issue, dict) or not issue.get("id"):
-            raise http.MalformedEventError(f"{event_type} without an issue id")
+        issue = payload["issue"]
         fields = _obj(issue.get("fields"))
         project = _obj(fields.get("project"))
         issue_type = _obj(fields.get("issuetype"))
@@ -917,8 +931,6 @@ class JiraConnector:
         ):
             return None  # outside the scope: another project or issue type
         comment = _obj(payload.get("comment")) if event_type == "comment_created" else None
-        if comment is not None and not comment.get("id"):
-            raise http.MalformedEventError("comment_created without a comment id")
         changelog = _obj(payload.get("changelog"))
         try:
             event_time = _event_time(payload, fields, comment)

@@ -737,6 +737,18 @@ class PagerDutyConnector:
             raise SignatureError("the delivery has an empty body")
         pagerduty_verify(usable, request.headers.get("x-pagerduty-signature", ""), request.body)
 
+    def malformed(self, payload: Any) -> str | None:
+        """What is wrong with an authentic delivery's JSON, without any network call."""
+        event = payload.get("event") if isinstance(payload, dict) else None
+        if not isinstance(event, dict):
+            return 'the delivery has no "event" object'
+        event_type = str(event.get("event_type") or "")
+        if event.get("resource_type") != "incident" or event_type not in WEBHOOK_EVENTS:
+            return None
+        if not isinstance(event.get("data"), dict):
+            return f"{event_type} has no data object"
+        return None
+
     def parse_webhook(self, request: WebhookRequest) -> WebhookEvent | None:
         """A v3 event as what changed: the fields its type concerns (a triggered incident
         brings every field), a note as a journal entry. None for other event types."""
@@ -744,15 +756,15 @@ class PagerDutyConnector:
             payload = json_body(request.body)
         except ValueError:
             raise MalformedEventError("the delivery is not UTF-8 JSON") from None
-        event = payload.get("event") if isinstance(payload, dict) else None
-        if not isinstance(event, dict):
-            raise MalformedEventError('the delivery has no "event" object')
+        problem = self.malformed(payload)
+        if problem:
+            raise MalformedEventError(problem)
+        assert isinstance(payload, dict)  # malformed() said so
+        event = payload["event"]
         event_type = str(event.get("event_type") or "")
         if event.get("resource_type") != "incident" or event_type not in WEBHOOK_EVENTS:
             return None
-        data = event.get("data")
-        if not isinstance(data, dict):
-            raise MalformedEventError(f"{event_type} has no data object")
+        data = event["data"]
         occurred = _utc(event.get("occurred_at"), MalformedEventError)
         delivery_id = str(event.get("id") or request.headers.get("x-webhook-id") or "")
         if not delivery_id:

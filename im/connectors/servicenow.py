@@ -682,6 +682,21 @@ class ServiceNowConnector:
     def verify_webhook(self, request: WebhookRequest, secrets: list[str], now: datetime) -> None:
         standard_webhooks_verify(secrets, request.headers, request.body, now)
 
+    def malformed(self, payload: Any) -> str | None:
+        """What is wrong with an authentic delivery's JSON, without any network call."""
+        if not isinstance(payload, dict):
+            return "the body is not a JSON object"
+        if payload.get("table", INCIDENT) != INCIDENT or payload.get("type") not in WEBHOOK_EVENTS:
+            return None
+        sys_id = payload.get("sys_id")
+        if not isinstance(sys_id, str) or not _SYS_ID.fullmatch(sys_id):
+            return "sys_id is missing or not a sys_id"
+        if not isinstance(payload.get("changes", {}), dict) or not isinstance(
+            payload.get("journal", []), list
+        ):
+            return "changes must be an object and journal a list"
+        return None
+
     def parse_webhook(self, request: WebhookRequest) -> WebhookEvent | None:
         """The event of one Business Rule delivery (the payload in this module's docstring),
         or None for another table or event type. Raises MalformedEventError."""
@@ -689,17 +704,15 @@ class ServiceNowConnector:
             payload = json_body(request.body)
         except (ValueError, UnicodeDecodeError):
             raise MalformedEventError("the body is not UTF-8 JSON") from None
-        if not isinstance(payload, dict):
-            raise MalformedEventError("the body is not a JSON object")
+        problem = self.malformed(payload)
+        if problem:
+            raise MalformedEventError(problem)
+        assert isinstance(payload, dict)  # malformed() said so
         if payload.get("table", INCIDENT) != INCIDENT or payload.get("type") not in WEBHOOK_EVENTS:
             return None
-        sys_id = payload.get("sys_id")
+        sys_id = payload["sys_id"]
         changes = payload.get("changes", {})
         journal = payload.get("journal", [])
-        if not isinstance(sys_id, str) or not _SYS_ID.fullmatch(sys_id):
-            raise MalformedEventError("sys_id is missing or not a sys_id")
-        if not isinstance(changes, dict) or not isinstance(journal, list):
-            raise MalformedEventError("changes must be an object and journal a list")
         delivery_id = request.headers.get("webhook-id", "")
         if not delivery_id:
             raise MalformedEventError("the webhook-id header is missing")

@@ -83,18 +83,20 @@ def receive(
                 "`im integration configure NAME --webhook-secret-file PATH`"
             )
         connector.verify_webhook(request, secrets, now)
+        try:
+            problem = connector.malformed(json.loads(request.body.decode("utf-8")))
+        except (ValueError, UnicodeDecodeError):
+            problem = "the body is not UTF-8 JSON"
     except SignatureError as exc:
         with write(db):
             sync_state.count(db, integration_id, "inbound_failed")
         return _error(401, "unauthenticated", exc.message)
     finally:
         connector.close()
-    try:
-        json.loads(request.body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    if problem:  # authentic, but not something the vendor would send
         with write(db):
             sync_state.count(db, integration_id, "inbound_failed")
-        return _error(400, "malformed", "the body is not UTF-8 JSON")
+        return _error(400 if "JSON" in problem else 422, "malformed", problem)
     state, outcome = "received", None
     if not integration["enabled"]:
         state, outcome = "ignored", "the integration is disabled"
