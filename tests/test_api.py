@@ -601,3 +601,17 @@ def test_the_openapi_document_describes_every_route_and_body(api: Api) -> None:
         "enabled",
     }
     assert "password" not in json.dumps(schemas["IntegrationOut"])
+
+
+def test_a_body_without_the_json_content_type_says_so(api: Api) -> None:
+    response = api.client.post(
+        "/incidents",
+        content=b'{"title": "x"}',
+        headers={
+            "Authorization": f"Bearer {api.token}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    assert error(response, 422, "invalid") == (
+        "send the request body as JSON, with Content-Type: application/json"
+    )

@@ -106,6 +106,12 @@ async def database_error(request: Request, exc: Exception) -> JSONResponse:
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's checks of the path, query and body, as one line per problem."""
     assert isinstance(exc, RequestValidationError)
+    sent_json = request.headers.get("content-type", "").startswith("application/json")
+    if request.method in ("POST", "PUT", "PATCH") and not sent_json:
+        # FastAPI reads a body without the JSON content type as text: say what to fix
+        return error_response(
+            422, "invalid", "send the request body as JSON, with Content-Type: application/json"
+        )
     problems = [_problem(e) for e in exc.errors()[:5]]
     return error_response(422, "invalid", "; ".join(problems) or "invalid request")
 

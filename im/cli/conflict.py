@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from im.cli.context import app
-from im.cli.output import emit_object, emit_rows, format_option
+from im.cli.output import emit_object, emit_rows, format_option, note
 
 COLUMNS = (
     "id",
@@ -44,6 +44,8 @@ def list_(status: str, integration_name: str | None, fmt: str) -> None:
     integration_id = config.find(ctx.db, integration_name)["id"] if integration_name else None
     rows = conflicts.listing(ctx.db, status, integration_id)
     emit_rows(rows, COLUMNS if fmt == "table" else conflicts.VIEW_KEYS, fmt)
+    if fmt == "table" and not rows:
+        note(f"no {status} conflicts")
 
 
 @conflict.command()
