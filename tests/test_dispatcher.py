@@ -465,3 +465,22 @@ def test_a_missing_master_key_blocks_sending_and_says_so_once(world: World, tmp_
     assert all("key" in values["error"] for _, values in said)
     assert all(r["state"] == "pending" for r in world.rows("prod-pd"))
     assert world.sims["prod-pd"].record_count() == 0
+
+
+def test_a_passing_integration_test_resumes_an_auth_pause(world: World) -> None:
+    from im.config.connection import run_checks
+
+    new_incident(world)
+    world.sims["prod-pd"].faults.update({"permanent_error": 401})
+    world.step()
+    pd = world.integration("prod-pd")["id"]
+    assert sync_state.get(world.db(), pd)["pause_reason"] == "auth-failing"
+    world.sims["prod-pd"].faults.update({"permanent_error": 0})  # fixed on PagerDuty's side
+    world.clock.advance(3600)
+    world.step()
+    assert world.sims["prod-pd"].record_count() == 0  # nothing tries while paused
+    report = run_checks(world.db(), "prod-pd", transport=world.sims["prod-pd"].transport())
+    assert report.ok
+    assert sync_state.get(world.db(), pd)["pause_reason"] is None
+    world.step()
+    assert world.sims["prod-pd"].record_count() == 1

@@ -18,6 +18,8 @@ from im.connectors.http import ConnectorError, RecordNotFoundError
 from im.errors import ValidationError
 from im.security.secrets import unseal
 from im.store import integrations as rows
+from im.store import sync_state
+from im.store.db import write
 
 if TYPE_CHECKING:
     import httpx
@@ -85,7 +87,8 @@ def run_checks(
     db: Database, name_or_id: str, *, transport: httpx.BaseTransport | None = None
 ) -> CheckReport:
     """Run the integration's checks (reachability, TLS, credentials, permissions, scope, the
-    account's kind). A failure that stops the checks early becomes the last, failed row."""
+    account's kind). A failure that stops the checks early becomes the last, failed row.
+    When every check passes, an integration paused for failing credentials resumes (writes)."""
     integration = find(db, name_or_id)
     connector = open_connector(db, integration, transport=transport)
     checks: list[Check] = []
@@ -95,7 +98,13 @@ def run_checks(
         checks.append(Check("reachability", False, _explain(exc, integration["type"])))
     finally:
         connector.close()
-    return CheckReport(integration["name"], integration["type"], integration["url"], checks)
+    report = CheckReport(integration["name"], integration["type"], integration["url"], checks)
+    if report.ok:
+        # the credentials work again: an integration paused by a 401/403 resumes (SPEC §4)
+        with write(db):
+            if sync_state.get(db, integration["id"]).get("pause_reason") == sync_state.AUTH_FAILING:
+                sync_state.resume(db, integration["id"])
+    return report
 
 
 def _explain(exc: ConnectorError, kind: str) -> str:
