@@ -713,7 +713,13 @@ class JiraConnector:
             )
         return offered
 
-    def _path(self, start: str, target: str) -> list[Transition] | None:
+    @staticmethod
+    def _passable(transition: Transition, target: str, target_done: bool) -> bool:
+        """A walk to a status that is not "done" never passes through one: a done status
+        sets a resolution, stops SLAs and tells customers, and may have no way back."""
+        return target_done or transition.to_category != "done" or _key(transition.to) == target
+
+    def _path(self, start: str, target: str, target_done: bool = False) -> list[Transition] | None:
         """The shortest known path of transitions (breadth first over the learned graph)."""
         previous: dict[str, tuple[str, Transition] | None] = {_key(start): None}
         queue = deque([_key(start)])
@@ -728,12 +734,16 @@ class JiraConnector:
                 return path[::-1]
             for transition in self._graph.get(status, []):
                 following = _key(transition.to)
-                if following not in previous:
+                if following not in previous and self._passable(
+                    transition, _key(target), target_done
+                ):
                     previous[following] = (status, transition)
                     queue.append(following)
         return None
 
-    def _explore(self, start: str, walked: set[str]) -> Transition | None:
+    def _explore(
+        self, start: str, walked: set[str], target: str = "", target_done: bool = False
+    ) -> Transition | None:
         """The first step towards the nearest status whose transitions are not known yet,
         preferring statuses outside the "done" category; None when everything reachable is
         known (so no path exists)."""
@@ -745,7 +755,7 @@ class JiraConnector:
             status, distance, first = queue.popleft()
             for transition in self._graph.get(status, []):
                 following = _key(transition.to)
-                if following in seen:
+                if following in seen or not self._passable(transition, _key(target), target_done):
                     continue
                 seen.add(following)
                 step = first or transition
@@ -781,8 +791,9 @@ class JiraConnector:
                 return
             offered = self._offered(path)
             self._graph[_key(current)] = offered
-            known = self._path(current, target)
-            step = known[0] if known else self._explore(current, walked)
+            target_done = statuses.get(_key(target)) == "done"
+            known = self._path(current, target, target_done)
+            step = known[0] if known else self._explore(current, walked, target, target_done)
             if step is None:
                 raise http.PermanentError(
                     f"no transition path from {current!r} to {target!r} in "

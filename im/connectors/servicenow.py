@@ -568,7 +568,8 @@ class ServiceNowConnector:
     def add_journal(self, external_id: str, field: str, body: str) -> JournalEntry:
         """Append a work note or comment (PATCH; journal columns are write-append), then find
         its ``sys_journal_field`` entry by author, content and time. Writes. Raises
-        RetryableError when the entry cannot be found after the write."""
+        PermanentError when the entry cannot be read back after the write: retrying would
+        write it again (the account usually lacks read access to sys_journal_field)."""
         if field not in self.journals:
             raise ValueError(f"{field} is not a ServiceNow journal")
         params = self._params(sysparm_fields="sys_id,sys_updated_on,sys_mod_count")
@@ -577,9 +578,10 @@ class ServiceNowConnector:
         written = _value(raw or {}, "sys_updated_on")
         entry = self.find_journal_entry(external_id, field, body, written or None)
         if entry is None:
-            raise RetryableError(
-                f"the {field} entry was written to {external_id} but is not in "
-                f"{JOURNAL_TABLE}: look it up again before writing it once more"
+            raise PermanentError(
+                f"the {field} entry was written to {external_id} but cannot be read back from "
+                f"{JOURNAL_TABLE}; it was not written twice",
+                f"grant the integration account read access to {JOURNAL_TABLE}",
             )
         return entry
 

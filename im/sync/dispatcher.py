@@ -368,7 +368,7 @@ class Dispatcher:
                     for e in existing
                     if e.field == kind
                     and e.vendor_id not in taken
-                    and e.body.strip() == body.strip()
+                    and connector.normalise(kind, e.body) == connector.normalise(kind, body)
                 ),
                 None,
             )

@@ -673,3 +673,42 @@ def test_a_failure_after_the_create_leaves_it_in_doubt_not_failed(h: Harness) ->
         connector.close()
     found = h.connector.find_by_correlation(KEY.format(1))
     assert found is not None and h.sim.record_count() == 1
+
+
+def test_a_walk_to_a_working_status_never_passes_through_a_done_one(clock: FrozenClock) -> None:
+    from im.sim.jira import JiraStatus, WorkflowTransition
+    from tests.connectors.vendor_jira import connector_config as config_for
+
+    statuses = [
+        JiraStatus("1", "Open", "new"),
+        JiraStatus("2", "Triage", "indeterminate"),
+        JiraStatus("3", "Investigating", "indeterminate"),
+        JiraStatus("4", "In Progress", "indeterminate"),
+        JiraStatus("5", "Resolved", "done"),
+        JiraStatus("6", "Closed", "done"),
+        JiraStatus("7", "Canceled", "done"),
+    ]
+    workflow = [
+        WorkflowTransition("11", "Triage", "Open", "Triage"),
+        WorkflowTransition("12", "Back", "Triage", "Open"),
+        WorkflowTransition("13", "Investigate", "Triage", "Investigating"),
+        WorkflowTransition("14", "Work", "Investigating", "In Progress"),
+        WorkflowTransition("15", "Cancel", "Open", "Canceled"),
+        WorkflowTransition("16", "Resolve", "In Progress", "Resolved"),
+        WorkflowTransition("17", "Close", "Resolved", "Closed"),
+        WorkflowTransition("18", "Reopen", "Resolved", "Open"),
+    ]
+    sim = JiraSimulator(statuses=statuses, workflow=workflow, clock=clock)
+    connector = JiraConnector(config_for(sim, clock))
+    try:
+        record = connector.create({"title": "walk"}, "im:abc:INC-1")
+        # earlier walks taught it Open <-> Triage; Canceled is now the nearest unknown status
+        connector._transition(record.id, "Triage")
+        connector._transition(record.id, "Open")
+        connector.update(record.id, {"status": "acknowledged"})
+        assert connector.get(record.id).fields["status"] == "acknowledged"
+        connector.update(record.id, {"status": "closed"})  # done targets may pass done ones
+        assert connector.get(record.id).fields["status"] == "closed"
+    finally:
+        connector.close()
+        sim.shutdown()
