@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from im.clock import Clock
+from im.config.connection import ConnectorCache
 from im.connectors.base import WebhookRequest
 from im.errors import DatabaseBusyError, ImError
 from im.store import integrations as integration_rows
@@ -28,6 +29,7 @@ class WebhookReceiver:
         self._db_path = db_path
         self._clock = clock
         self._db: Database | None = None
+        self._connectors: ConnectorCache | None = None
 
     @property
     def db(self) -> Database:
@@ -37,7 +39,17 @@ class WebhookReceiver:
             self._db = open_database(self._db_path)
         return self._db
 
+    @property
+    def connectors(self) -> ConnectorCache:
+        # kept between requests: opening secrets and a client per delivery is wasted work
+        if self._connectors is None:
+            self._connectors = ConnectorCache(self.db)
+        return self._connectors
+
     def close(self) -> None:
+        if self._connectors is not None:
+            self._connectors.close()
+            self._connectors = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -63,6 +75,7 @@ class WebhookReceiver:
                 self.db,
                 self._clock,
                 integration,
+                self.connectors.get(integration),
                 WebhookRequest(
                     method=request.method,
                     path=prefix + request.url.path,

@@ -29,7 +29,7 @@ from sqlite_utils import Database
 from im import incidents
 from im.clock import Clock, format_time, parse_time
 from im.config import ownership
-from im.config.connection import ConnectorCache, TransportFor, open_connector, secret
+from im.config.connection import ConnectorCache, TransportFor, secret
 from im.connectors.base import Connector, ExternalRecord, WebhookEvent, WebhookRequest
 from im.connectors.http import MalformedEventError
 from im.errors import ImError, SignatureError, StateError, ValidationError
@@ -37,6 +37,7 @@ from im.model import JOURNAL_FIELDS, SCALAR_FIELDS, ConflictStrategy, Direction,
 from im.store import conflicts as conflict_rows
 from im.store import dead_letters, links, meta, snapshots, sync_state
 from im.store import inbound as rows
+from im.store import incidents as incident_rows
 from im.store import integrations as integration_rows
 from im.store.db import write
 from im.sync import conflicts, retry
@@ -66,16 +67,19 @@ def _without_jwt(query: str) -> str:
 
 
 def receive(
-    db: Database, clock: Clock, integration: Mapping[str, Any], request: WebhookRequest
+    db: Database,
+    clock: Clock,
+    integration: Mapping[str, Any],
+    connector: Connector,
+    request: WebhookRequest,
 ) -> Answer:
-    """Verify one delivery and store it. 401 when it is not authentic, 400 when it is
-    authentic but not JSON, 202 otherwise (also for what is then ignored). Raises
-    DatabaseBusyError (the caller answers 503)."""
+    """Verify one delivery with the integration's connector and store it. 401 when it is
+    not authentic, 400/422 when it is authentic but malformed, 202 otherwise (also for what
+    is then ignored). Raises DatabaseBusyError (the caller answers 503)."""
     now = clock.now()
     stamp = format_time(now)
     integration_id = integration["id"]
     secrets = [s for s in [secret(db, integration, "webhook_secret")] if s]
-    connector = open_connector(db, integration)
     try:
         if not secrets:
             raise SignatureError(
@@ -91,8 +95,6 @@ def receive(
         with write(db):
             sync_state.count(db, integration_id, "inbound_failed")
         return _error(401, "unauthenticated", exc.message)
-    finally:
-        connector.close()
     if problem:  # authentic, but not something the vendor would send
         with write(db):
             sync_state.count(db, integration_id, "inbound_failed")
@@ -312,7 +314,7 @@ class Applier:
         stamp = format_time(self.clock.now())
         if link is None:
             ours = self._ours(event)
-            if ours is not None and incidents_exists(self.db, ours):
+            if ours is not None and incident_rows.get(self.db, ours) is not None:
                 # our own create, announced before its link committed
                 links.create(
                     self.db, ours, integration["id"], event.external_id, event.external_key, stamp
@@ -559,7 +561,3 @@ class Applier:
             [incident_id, kind, body, integration_id],
         ).fetchone()
         return int(row[0]) if row else None
-
-
-def incidents_exists(db: Database, incident_id: int) -> bool:
-    return db.execute("SELECT 1 FROM incidents WHERE id = ?", [incident_id]).fetchone() is not None
