@@ -15,6 +15,7 @@ from sqlite_utils import Database
 from im.cli import cli
 from im.cli.context import AppContext
 from im.clock import FrozenClock
+from im.config.connection import TransportFor
 
 START = datetime(2026, 11, 27, 9, 0, 0, tzinfo=UTC)
 
@@ -54,12 +55,19 @@ class Im:
     def __init__(self, db_path: Path, clock: FrozenClock) -> None:
         self.db_path = db_path
         self.clock = clock
+        # commands that reach external systems use these (the two-way world sets them)
+        self.transport_for: TransportFor | None = None
 
     def __call__(
         self, *args: str, input: str | None = None, env: dict[str, str] | None = None
     ) -> Result:
         runner = click.testing.CliRunner()
-        obj = AppContext(db_path=self.db_path, clock=self.clock)
+        obj = AppContext(
+            db_path=self.db_path,
+            clock=self.clock,
+            transport_for=self.transport_for,
+            sleep=getattr(self.clock, "advance", None),
+        )
         outcome = runner.invoke(
             cli, list(args), obj=obj, input=input, env=env, catch_exceptions=False
         )

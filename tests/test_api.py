@@ -95,7 +95,7 @@ def test_every_route_needs_a_token_and_the_401_says_how_to_get_one(api: Api) -> 
     paths = api.client.get("/openapi.json").json()["paths"]
     values = {"incident_id": "INC-1", "ref": "prod-snow", "field": "title", "entry": "entry-1"}
     routes = [(m.upper(), path.format(**values)) for path, ops in paths.items() for m in ops]
-    assert len(routes) == 19
+    assert len(routes) == 23
     for method, path in routes:
         response = api.client.request(method, path, json={})
         message = error(response, 401, "unauthorized")
@@ -581,6 +581,9 @@ def test_the_openapi_document_describes_every_route_and_body(api: Api) -> None:
         "/integrations/{ref}/dlq": ["get"],
         "/integrations/{ref}/dlq/{entry}/retry": ["post"],
         "/integrations/{ref}/dlq/{entry}/discard": ["post"],
+        "/integrations/{ref}/reconcile": ["post"],
+        "/integrations/{ref}/reconcile/history": ["get"],
+        "/integrations/{ref}/reconcile/schedule": ["get", "post"],
         "/conflicts": ["get"],
         "/conflicts/{ref}": ["get"],
         "/conflicts/{ref}/resolve": ["post"],

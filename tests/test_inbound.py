@@ -16,7 +16,7 @@ from im.daemon.app import create_app
 from im.daemon.webhooks import WebhookReceiver
 from im.security import signatures
 from im.sim.transport import ASGIBridge
-from tests.two_way import SECRET, Two, new_incident
+from tests.two_way import SECRET, Two, jira_issue, new_incident
 
 
 def test_our_own_writes_come_back_as_echoes_and_change_nothing(two: Two) -> None:
@@ -151,18 +151,7 @@ def test_an_agents_work_note_in_servicenow_reaches_the_others_once(two: Two) -> 
 
 
 def test_a_record_made_in_jira_becomes_a_platform_incident_and_goes_on(two: Two) -> None:
-    with two.agent("prod-jira") as agent:
-        made = agent.post(
-            "/rest/api/3/issue",
-            json={
-                "fields": {
-                    "project": {"key": "OPS"},
-                    "issuetype": {"name": "Incident"},
-                    "summary": "Found by a human",
-                }
-            },
-        )
-        assert made.status_code == 201
+    jira_issue(two, "Found by a human")
     two.sync()
     listed = two.im.ok("incident", "list", "--format", "json")
     assert [i["title"] for i in json.loads(listed)] == ["Found by a human"]

@@ -126,6 +126,7 @@ def two(initialised: Im, clock: FrozenClock) -> Iterator[Two]:
     def transport_for(integration: dict[str, Any]) -> httpx.BaseTransport:
         return sims[integration["name"]].transport()
 
+    initialised.transport_for = transport_for
     db = open_database(initialised.db_path)
     applier_db = open_database(initialised.db_path)
     world = Two(
@@ -150,3 +151,20 @@ def two(initialised: Im, clock: FrozenClock) -> Iterator[Two]:
 def new_incident(two: Two, *args: str) -> int:
     out = two.im.ok("incident", "create", "--title", "Checkout API 5xx", "--format", "json", *args)
     return int(json.loads(out)["incident"]["id"].removeprefix("INC-"))
+
+
+def jira_issue(two: Two, summary: str) -> str:
+    """An agent opens an issue in project OPS; its key."""
+    with two.agent("prod-jira") as agent:
+        made = agent.post(
+            "/rest/api/3/issue",
+            json={
+                "fields": {
+                    "project": {"key": "OPS"},
+                    "issuetype": {"name": "Incident"},
+                    "summary": summary,
+                }
+            },
+        )
+    assert made.status_code == 201, made.text
+    return str(made.json()["key"])

@@ -20,12 +20,17 @@ from im.api.models import (
     OwnershipOut,
     OwnershipRuleOut,
     OwnershipSet,
+    ReconcileReportOut,
+    ReconcileRun,
+    ReconcileRunOut,
+    ScheduleOut,
+    ScheduleSet,
 )
 from im.config import connection, fields
 from im.config import integrations as config
 from im.config.integrations import IntegrationInput
 from im.store import integrations as rows
-from im.sync import retry
+from im.sync import reconcile, retry, schedules
 
 router = APIRouter(prefix="/integrations", tags=["integrations"])
 
@@ -115,3 +120,37 @@ def retry_dlq_entry(db: Db, clock: Now, ref: Ref, entry: Entry) -> DeadEntryActi
 def discard_dlq_entry(db: Db, clock: Now, ref: Ref, entry: Entry) -> DeadEntryActionOut:
     (done,) = retry.discard_dead(db, clock, config.find(db, ref), entry)
     return DeadEntryActionOut(entry=done, action="discarded")
+
+
+@router.post("/{ref}/reconcile", summary="Reconcile now: find (and heal) drift")
+def run_reconcile(db: Db, clock: Now, ref: Ref, body: ReconcileRun) -> ReconcileReportOut:
+    """Runs to the end before answering. Another run of the integration in progress is a
+    409; a run that failed is reported with ``failed`` set."""
+    integration = config.find(db, ref)
+    since = reconcile.parse_since(body.backfill, clock.now()) if body.backfill else None
+    options = reconcile.Options(
+        auto_heal=body.auto_heal, recreate_missing=body.recreate_missing, backfill_since=since
+    )
+    report = reconcile.run(db, clock, integration, options)
+    return ReconcileReportOut(**report.as_json())
+
+
+@router.get("/{ref}/reconcile/history", summary="Reconcile runs, newest first")
+def reconcile_history(db: Db, ref: Ref, limit: int = 20) -> list[ReconcileRunOut]:
+    limit = max(1, min(limit, 10000))
+    return [ReconcileRunOut(**row) for row in reconcile.history(db, config.find(db, ref), limit)]
+
+
+@router.get("/{ref}/reconcile/schedule", summary="The reconcile schedule and its next run")
+def get_schedule(db: Db, ref: Ref) -> ScheduleOut:
+    return ScheduleOut(**schedules.get(db, config.find(db, ref)))
+
+
+@router.post("/{ref}/reconcile/schedule", summary="Create or change the reconcile schedule")
+def set_schedule(db: Db, clock: Now, actor: Actor, ref: Ref, body: ScheduleSet) -> ScheduleOut:
+    """Only the keys given change; ``interval`` is required for a new schedule. The daemon
+    starts a new or changed schedule's first run within seconds, then one every interval."""
+    shown = schedules.put(
+        db, clock, actor, config.find(db, ref), body.interval, body.auto_heal, body.enabled
+    )
+    return ScheduleOut(**shown)

@@ -238,3 +238,74 @@ class DeadEntryOut(BaseModel):
 class DeadEntryActionOut(BaseModel):
     entry: str
     action: str = Field(description="retried (queued again with current values) or discarded")
+
+
+# -- reconciliation ---------------------------------------------------------------------------
+
+
+class ReconcileRun(Body):
+    auto_heal: bool = Field(False, description="Heal what differs (else a dry run).")
+    recreate_missing: bool = Field(False, description="Re-create external records that are gone.")
+    backfill: str | None = Field(
+        None, description="Also take records created since this date, time or age (30d)."
+    )
+
+
+class DiscrepancyOut(BaseModel):
+    incident_id: str = Field(description='INC-n, or "" for an external record with no incident.')
+    external_id: str
+    external_key: str
+    field: str = Field(description='The field or journal, or "" for the record itself.')
+    platform_value: str
+    external_value: str
+    snapshot_value: str | None = Field(description="What both sides last agreed on.")
+    action: str = Field(
+        description="push, pull, shadowed, blocked-by-direction, held, conflict, "
+        "missing-external, create-platform, append-journal, link or duplicate-external."
+    )
+    reason: str
+
+
+class ReconcileReportOut(BaseModel):
+    integration: str
+    run_id: str = Field(description="run-n")
+    mode: str = Field(description="dry-run or auto-heal")
+    checked: int
+    discrepancies: list[DiscrepancyOut]
+    healed: int
+    queued: int = Field(description="Pushes queued in the outbox for the daemon.")
+    errors: list[str]
+    failed: str | None
+
+
+class ReconcileRunOut(BaseModel):
+    run_id: str
+    started_at: str
+    duration_seconds: float | None
+    trigger: str = Field(description="manual, schedule or cron")
+    mode: str
+    state: str = Field(description="running, done or failed")
+    checked: int
+    discrepancies: int
+    healed: int
+    errors: int
+    error: str
+
+
+class ScheduleSet(Body):
+    interval: str | None = Field(
+        None, description="30s, 15m, 1h or 1d (at least 30s); required for a new schedule."
+    )
+    auto_heal: bool | None = Field(None, description="Scheduled runs heal (else report only).")
+    enabled: bool | None = None
+
+
+class ScheduleOut(BaseModel):
+    integration: str
+    interval: str
+    interval_seconds: int
+    auto_heal: bool
+    enabled: bool
+    next_run_at: str | None = Field(description="When the daemon starts the next run.")
+    updated_at: str
+    updated_by: str

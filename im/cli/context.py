@@ -3,6 +3,7 @@ acting principal. Tests pass their own (with a frozen clock) as click's ``obj``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,11 +16,17 @@ from im.security.principals import current_principal
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
+    from im.config.connection import TransportFor
+
 
 @dataclass
 class AppContext:
     db_path: Path | None = None
     clock: Clock = field(default_factory=SystemClock)
+    # how commands that talk to external systems reach them and wait: None is the network
+    # and real time; tests pass in-process simulators and their clock's advance
+    transport_for: TransportFor | None = None
+    sleep: Callable[[float], None] | None = None
     _db: Database | None = None
 
     @property

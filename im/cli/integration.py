@@ -11,6 +11,7 @@ from im.cli import secret_input
 from im.cli.context import app
 from im.cli.field_rules import field_mapping, field_ownership
 from im.cli.output import emit_object, emit_rows, format_option, note, warn
+from im.cli.reconcile import reconcile
 from im.connectors import TYPES
 from im.errors import UsageError
 from im.model import ConflictStrategy, Direction
@@ -123,6 +124,7 @@ def integration() -> None:
 
 integration.add_command(field_ownership)
 integration.add_command(field_mapping)
+integration.add_command(reconcile)
 
 
 @integration.command()

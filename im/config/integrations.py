@@ -25,7 +25,8 @@ from im.store import meta
 from im.store import outbox as outbox_rows
 from im.store.db import write
 
-RESERVED_NAMES = frozenset({"history", "schedule"})
+# subcommand names of `im integration reconcile`, which also takes NAME directly
+RESERVED_NAMES = frozenset({"history", "schedule", "run"})
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
@@ -219,11 +220,11 @@ def format_rate_limit(per_second: float | None) -> str:
 
 
 def parse_duration(text: str, option: str, minimum: float, maximum: float) -> float:
-    """``5``, ``5s``, ``500ms``, ``2m``, ``1h`` -> seconds."""
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*", text.lower())
+    """``5``, ``5s``, ``500ms``, ``2m``, ``1h``, ``1d`` -> seconds."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*", text.lower())
     if not match:
         raise ValidationError(f"{option} takes a duration such as 5s, 500ms or 1m, not {text!r}")
-    unit = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[match.group(2)]
+    unit = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
     seconds = float(match.group(1)) * unit
     if not minimum <= seconds <= maximum:
         raise ValidationError(f"{option} must be between {minimum:g}s and {maximum:g}s")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -70,6 +70,7 @@ class ExternalRecord:
     version: str  # comparable within one integration: larger is newer (SPEC §4 snapshots)
     updated_at: str  # UTC, ``YYYY-MM-DDTHH:MM:SS.mmmZ``
     fields: Mapping[str, str]  # platform field -> normalised platform value
+    created_at: str = ""  # UTC, ``YYYY-MM-DDTHH:MM:SS.mmmZ``: the vendor's creation time
     correlation_key: str | None = None
     updated_by: str = ""  # the vendor's login/email of the last writer, when known
     # values that could not be mapped (field skipped, integration degraded): one line each
@@ -167,8 +168,18 @@ class Connector(Protocol):
         """Every journal entry of the record, oldest first."""
         ...
 
-    def list_in_scope(self) -> Iterator[ExternalRecord]:
-        """Every record in the integration's scope, paging as the vendor pages."""
+    def list_journals(self, external_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
+        """The journal entries of several records at once: every given id is a key (an empty
+        list when the record has none), each list oldest first and the same entries
+        ``list_journal`` gives."""
+        ...
+
+    def list_in_scope(self, created_since: datetime | None = None) -> Iterator[ExternalRecord]:
+        """Every record in the integration's scope created at or after ``created_since``
+        (None: every record), in creation order with a stable tie-breaker, so that paging
+        neither skips nor repeats a record while records are being updated. A superset is
+        allowed where the vendor filters creation time more coarsely (callers filter on
+        ``created_at``), a subset never."""
         ...
 
     def list_changed(self, since: datetime) -> Iterator[ExternalRecord]:

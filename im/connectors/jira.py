@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -134,6 +134,9 @@ COMMENT_PAGE_SIZE = 100  # getComments' default maxResults
 RECONCILE_LIMIT = 50  # reconcileIssues accepts at most 50 ids
 # JQL date literals have minute precision: list changes from a minute earlier than asked
 JQL_OVERLAP = timedelta(minutes=1)
+# The full listing's order: creation (which no edit changes) with the key breaking ties, so
+# that paging neither skips nor repeats an issue edited meanwhile (by ``updated`` it would).
+CREATION_ORDER = "ORDER BY created ASC, key ASC"
 MAX_TRANSITION_STEPS = 12
 REQUIRED_PERMISSIONS: dict[str, str] = {
     "BROWSE_PROJECTS": "read issues",
@@ -495,6 +498,7 @@ class JiraConnector:
                     values["assigned_to"] = email
         updated = str(fields.get("updated") or fields.get("created") or "")
         version = jira_version(updated) if updated else ""
+        created = str(fields.get("created") or "")
         key = str(issue.get("key") or issue["id"])
         return ExternalRecord(
             id=str(issue["id"]),
@@ -503,6 +507,7 @@ class JiraConnector:
             version=version,
             updated_at=version,
             fields=values,
+            created_at=jira_version(created) if created else "",
             correlation_key=_correlation(fields.get("labels")),
             warnings=tuple(warnings),
         )
@@ -654,16 +659,26 @@ class JiraConnector:
             jql += f" AND ({self._scope_jql})"
         return jql
 
-    def list_in_scope(self) -> Iterator[ExternalRecord]:
-        """Every issue in scope, oldest change first, page by page."""
-        return self._search(f"{self._scope()} ORDER BY updated ASC")
+    def list_in_scope(self, created_since: datetime | None = None) -> Iterator[ExternalRecord]:
+        """Issues in scope created at or after ``created_since`` (from a minute earlier: JQL
+        has minute precision), oldest first, the key breaking ties, page by page."""
+        jql = self._scope()
+        if created_since is not None:
+            jql += f" AND {self._jql_since('created', created_since)}"
+        return self._search(f"{jql} {CREATION_ORDER}")
 
     def list_changed(self, since: datetime) -> Iterator[ExternalRecord]:
-        """Issues in scope updated since ``since`` (a minute earlier: JQL has minute
-        precision and reads dates in the account's time zone)."""
-        moment = (since - JQL_OVERLAP).astimezone(self._time_zone())
-        literal = moment.strftime("%Y-%m-%d %H:%M")
-        return self._search(f'{self._scope()} AND updated >= "{literal}" ORDER BY updated ASC')
+        """Issues in scope updated since ``since`` (from a minute earlier: JQL has minute
+        precision)."""
+        return self._search(
+            f"{self._scope()} AND {self._jql_since('updated', since)} ORDER BY updated ASC"
+        )
+
+    def _jql_since(self, field: str, moment: datetime) -> str:
+        """``field >= "yyyy-MM-dd HH:mm"``, a minute before ``moment`` in the account's time
+        zone (the zone JQL reads date literals in)."""
+        local = (moment - JQL_OVERLAP).astimezone(self._time_zone())
+        return f'{field} >= "{local:%Y-%m-%d %H:%M}"'
 
     def _search(self, jql: str, limit: int | None = None) -> Iterator[ExternalRecord]:
         token: str | None = None
@@ -858,6 +873,16 @@ class JiraConnector:
             author=(self._email_of(author) or str(author.get("accountId") or "")) if author else "",
             created_at=jira_version(str(comment["created"])) if comment.get("created") else "",
         )
+
+    def list_journals(self, external_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
+        """Every comment of each issue, oldest first, [] for an issue without any.
+
+        One issue at a time, on purpose: Jira has no bulk read of comments by issue (``POST
+        /comment/list`` takes comment ids, which we do not know), and the ``comment`` field
+        of a search result is not promised to hold every comment (the enhanced search cuts
+        other embedded lists, such as the changelog, short) while it makes every page heavy;
+        ``GET …/comment`` pages until ``total``, so nothing is missed."""
+        return {external_id: self.list_journal(external_id) for external_id in external_ids}
 
     def list_journal(self, external_id: str) -> list[JournalEntry]:
         """Every comment, oldest first, page by page (startAt / maxResults / total)."""

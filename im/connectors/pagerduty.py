@@ -11,7 +11,8 @@ PagerDuty facts the connector is built around:
   resolved one can (PagerDuty reopens it);
 - ``GET /incidents`` has no updated-since filter and pages with ``limit`` (at most 100) and
   ``offset``, with ``offset + limit`` capped at 10,000; listings past the cap go on in
-  creation-time windows (``since``/``until``);
+  creation-time windows (``since``/``until``, at most 6 months apart, and perhaps honoured to
+  the day only: windows reach a day further than asked, and callers filter on ``created_at``);
 - webhooks v3 send one event per delivery, signed ``X-PagerDuty-Signature: v1=<hex>``; there
   is no event for a title or urgency change (drift reconciliation finds those).
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -105,6 +106,11 @@ ACCEPT = "application/vnd.pagerduty+json;version=2"
 PAGE_SIZE = 100  # the most PagerDuty serves per page (also its Python client's default)
 OFFSET_CAP = 10_000  # offset + limit beyond this is a 400
 MAX_WINDOW = timedelta(days=180)  # the longest since/until range PagerDuty accepts
+# PagerDuty may honour only the date of since/until (in the account's time zone): a window
+# reaches this much further on each side, so that rounding never loses an incident.
+DATE_SLACK = timedelta(days=1)
+# creation order, the incident number breaking ties (sort_by takes at most two fields)
+CREATION_ORDER = "created_at:asc,incident_number:asc"
 DUPLICATE_KEY_TEXT = "matching dedup key already exists"
 ACCOUNT_TOKEN_TEXT = "account-level access token"
 JOURNAL_FIELD = "work_notes"
@@ -384,7 +390,8 @@ class PagerDutyConnector:
             fields["escalation_policy"] = str(
                 (incident.get("escalation_policy") or {}).get("id") or ""
             )
-        updated = _utc(incident.get("updated_at") or incident.get("created_at"), PermanentError)
+        created = incident.get("created_at")
+        updated = _utc(incident.get("updated_at") or created, PermanentError)
         return ExternalRecord(
             id=str(incident["id"]),
             key=str(incident.get("incident_number") or ""),
@@ -392,6 +399,7 @@ class PagerDutyConnector:
             version=updated,
             updated_at=updated,
             fields=fields,
+            created_at=_utc(created, PermanentError) if created else "",
             correlation_key=incident.get("incident_key") or None,
             warnings=tuple(notes),
         )
@@ -648,9 +656,16 @@ class PagerDutyConnector:
         entries = [self._journal(note) for note in notes]
         return sorted(entries, key=lambda entry: entry.created_at)
 
-    def list_in_scope(self) -> Iterator[ExternalRecord]:
-        """Every incident of the service, oldest first."""
-        for incident in self._incidents():
+    def list_journals(self, external_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
+        """Every note of each incident, oldest first, [] for one without notes: one request
+        per incident, as PagerDuty has no way to list the notes of several."""
+        return {external_id: self.list_journal(external_id) for external_id in external_ids}
+
+    def list_in_scope(self, created_since: datetime | None = None) -> Iterator[ExternalRecord]:
+        """Incidents of the service created at or after ``created_since`` (and, as PagerDuty
+        may bound creation by the day only, some of the day before), oldest first, the
+        incident number breaking ties."""
+        for incident in self._incidents(created_since):
             yield self._record(incident)
 
     def list_changed(self, since: datetime) -> Iterator[ExternalRecord]:
@@ -662,15 +677,23 @@ class PagerDutyConnector:
             if record.updated_at >= cutoff:
                 yield record
 
-    def _incidents(self) -> Iterator[dict[str, Any]]:
-        """The service's incidents by creation time. ``date_range=all`` pages while offset +
-        limit stays within PagerDuty's 10,000; past it, the walk goes on in ``since``/``until``
-        windows from the last creation time seen (never restarting at the first incident)."""
-        base = {"service_ids[]": self._service, "sort_by": "created_at:asc"}
+    def _incidents(self, created_since: datetime | None = None) -> Iterator[dict[str, Any]]:
+        """The service's incidents by creation time. Without ``created_since``,
+        ``date_range=all`` pages while offset + limit stays within PagerDuty's 10,000; past
+        it, and from the start with ``created_since`` (less DATE_SLACK), the walk goes on in
+        ``since``/``until`` windows up to the newest incident, each window starting where
+        the listing stands (never at the first incident). Windows overlap what was listed;
+        each incident is yielded once."""
+        base = {"service_ids[]": self._service, "sort_by": CREATION_ORDER}
         window: dict[str, str] = {"date_range": "all"}
         last_time = ""  # creation time of the last incident yielded
         last_ids: set[str] = set()  # the incidents yielded with that creation time
         newest = ""  # creation time of the service's newest incident: the windows end there
+        if created_since is not None:
+            newest = self._newest_creation()
+            if not newest or parse_time(newest) < created_since:
+                return
+            window = self._window(format_time(created_since - DATE_SLACK), newest)
         offset = 0
         while True:
             if offset + self._page_size > OFFSET_CAP:
@@ -679,7 +702,7 @@ class PagerDutyConnector:
                         f"more than {OFFSET_CAP} incidents of service {self._service} were "
                         f"created at {last_time}: PagerDuty cannot list past them"
                     )
-                newest = newest or self._newest_creation(last_time)
+                newest = newest or self._newest_creation() or last_time
                 window, offset = self._window(last_time, newest), 0
             page = self._request(
                 "GET",
@@ -700,18 +723,24 @@ class PagerDutyConnector:
             offset += len(items)
             if page.get("more") and items:
                 continue
-            if "date_range" in window or window["until"] > newest:
+            if "date_range" in window:
                 return
-            window, offset = self._window(window["until"], newest), 0
+            # even cut to its date, this window's end was past the newest incident
+            reached = parse_time(window["until"]) - DATE_SLACK
+            if reached > parse_time(newest):
+                return
+            window, offset = self._window(format_time(reached), newest), 0
 
     @staticmethod
     def _window(start: str, newest: str) -> dict[str, str]:
-        """A creation-time window from ``start``, at most PagerDuty's 6 months long."""
+        """A creation-time window from ``start``, at most PagerDuty's 6 months long, ending
+        a day (DATE_SLACK) past ``newest`` at the latest."""
         begin = parse_time(start)
-        end = min(begin + MAX_WINDOW, parse_time(newest) + timedelta(seconds=1))
+        end = min(begin + MAX_WINDOW, parse_time(newest) + DATE_SLACK + timedelta(seconds=1))
         return {"since": format_time(begin), "until": format_time(end)}
 
-    def _newest_creation(self, fallback: str) -> str:
+    def _newest_creation(self) -> str:
+        """The creation time of the service's newest incident; "" when it has none."""
         page = self._request(
             "GET",
             "/incidents",
@@ -723,7 +752,7 @@ class PagerDutyConnector:
             },
         )
         items = page.get("incidents") or []
-        return _utc(items[0].get("created_at"), PermanentError) if items else fallback
+        return _utc(items[0].get("created_at"), PermanentError) if items else ""
 
     # -- webhooks -----------------------------------------------------------------------------
 

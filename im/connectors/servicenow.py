@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -138,6 +138,11 @@ JOURNAL_MATCH_SLACK = timedelta(seconds=5)
 SN_TIME = "%Y-%m-%d %H:%M:%S"
 JOURNAL_ORDER = ("work_notes", "comments")  # the order the Business Rule reports new entries in
 JOURNAL_COLUMNS = "sys_id,element,element_id,value,sys_created_on,sys_created_by"
+# ids per sys_journal_field query of list_journals: 100 sys_ids keep the URL near 3.5 KB
+JOURNAL_BATCH = 100
+# Creation order with sys_id breaking ties (many incidents share a second): offset paging is
+# stable while incidents change, and so never skips or repeats one.
+CREATION_ORDER = "ORDERBYsys_created_on^ORDERBYsys_id"
 _ROLE_HINT = "the itil role (read and write incidents)"
 _SYS_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -161,6 +166,22 @@ def _value(raw: Mapping[str, Any], column: str) -> str:
 def _literal(value: str) -> str:
     """A value inside an encoded query: a literal ``^`` is written ``^^``."""
     return value.replace("^", "^^")
+
+
+def _branches(query: str) -> list[str]:
+    """The queries an encoded query ORs with ``^NQ``, empty ones dropped. A literal ``^`` is
+    written ``^^``, so ``a^^NQb`` is one query."""
+    escaped = "\x00"
+    parts = query.replace("^^", escaped).split("^NQ")
+    return [p.replace(escaped, "^^") for p in parts if p.strip("^ ")]
+
+
+def _and_each(query: str, before: Sequence[str], after: Sequence[str] = ()) -> str:
+    """Conditions ANDed into every ``^NQ`` branch of ``query``: ``^NQ`` ORs whole queries, so
+    a condition written once binds to one branch only, and the others match records outside
+    it."""
+    branches = _branches(query) or [""]
+    return "^NQ".join("^".join(c for c in (*before, b, *after) if c) for b in branches)
 
 
 def _sn_time(moment: datetime) -> str:
@@ -293,6 +314,7 @@ class ServiceNowConnector:
 
     def _read_columns(self) -> str:
         columns = ["sys_id", "number", "sys_mod_count", "sys_updated_on", "sys_updated_by"]
+        columns.append("sys_created_on")
         columns += [self._correlation, PRIORITY_FIELD, ASSIGNEE_EMAIL, "assignment_group"]
         for name in self._config.fields:
             if name in self.journals or name == "severity":
@@ -364,13 +386,11 @@ class ServiceNowConnector:
         return None
 
     def _scoped(self, *conditions: str, order: str = "") -> str:
-        """An encoded query: the scope (group, then the scope query) ANDed with
-        ``conditions``. A scope query with ``^NQ`` gets the conditions on every part, since
-        ``^NQ`` ORs whole queries."""
+        """An encoded query: the assignment group and ``conditions`` ANDed into every
+        ``^NQ`` branch of the scope query, then ``order`` (which applies to all branches)."""
         group = self._group()
         head = [f"assignment_group={group}"] if group else []
-        parts = self._scope_query.split("^NQ") if self._scope_query else [""]
-        query = "^NQ".join("^".join(c for c in (*head, part, *conditions) if c) for part in parts)
+        query = _and_each(self._scope_query, head, conditions)
         return f"{query}^{order}" if order and query else query or order
 
     # -- records ----------------------------------------------------------------------------
@@ -386,6 +406,7 @@ class ServiceNowConnector:
             version=_version(_value(raw, "sys_mod_count")),
             updated_at=_iso(_value(raw, "sys_updated_on")),
             fields=fields,
+            created_at=_iso(_value(raw, "sys_created_on")),
             correlation_key=_value(raw, self._correlation) or None,
             updated_by=_value(raw, "sys_updated_by"),
             warnings=tuple(notes),
@@ -625,23 +646,48 @@ class ServiceNowConnector:
     def list_journal(self, external_id: str) -> list[JournalEntry]:
         """Every work note and comment of the incident from ``sys_journal_field``, oldest
         first."""
+        condition = f"element_id={_literal(external_id)}"
+        return [self._journal(row) for row in self._journal_rows(condition)]
+
+    def list_journals(self, external_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
+        """Every work note and comment of several incidents, one ``sys_journal_field`` query
+        (paged) per JOURNAL_BATCH ids; each list oldest first, [] for an incident without
+        any."""
+        result: dict[str, list[JournalEntry]] = {i: [] for i in external_ids}
+        wanted = list(result)
+        for start in range(0, len(wanted), JOURNAL_BATCH):
+            chunk = ",".join(_literal(i) for i in wanted[start : start + JOURNAL_BATCH])
+            for row in self._journal_rows(f"element_idIN{chunk}"):
+                entries = result.get(_value(row, "element_id"))
+                if entries is not None:
+                    entries.append(self._journal(row))
+        return result
+
+    def _journal_rows(self, condition: str) -> Iterator[dict[str, Any]]:
+        """The synced journal entries matching ``condition`` (on ``element_id``), oldest first
+        with sys_id breaking ties, so one incident's entries come in the same order whether
+        asked for alone or with others."""
         elements = ",".join(self._column(name) for name in self._journal_fields())
-        query = f"element_id={_literal(external_id)}^elementIN{elements}^ORDERBYsys_created_on"
-        return [self._journal(row) for row in self._pages(JOURNAL_TABLE, query, JOURNAL_COLUMNS)]
+        query = f"{condition}^elementIN{elements}^{CREATION_ORDER}"
+        return self._pages(JOURNAL_TABLE, query, JOURNAL_COLUMNS)
 
     def _journal_fields(self) -> list[str]:
         return [name for name in JOURNAL_ORDER if name in self._config.fields]
 
-    def list_in_scope(self) -> Iterator[ExternalRecord]:
-        query = self._scoped(order="ORDERBYsys_created_on")
+    def list_in_scope(self, created_since: datetime | None = None) -> Iterator[ExternalRecord]:
+        """Incidents in scope created at or after ``created_since`` (to the second,
+        ServiceNow's resolution: up to a second earlier too), oldest first, sys_id breaking
+        ties."""
+        since = [f"sys_created_on>={_sn_time(created_since)}"] if created_since else []
+        query = self._scoped(*since, order=CREATION_ORDER)
         for raw in self._pages(INCIDENT, query, self._read_columns()):
             yield self._record(raw)
 
     def list_changed(self, since: datetime) -> Iterator[ExternalRecord]:
         """Incidents in scope updated at or after ``since`` (to the second, ServiceNow's
-        resolution), oldest change first."""
+        resolution), oldest change first, sys_id breaking ties."""
         condition = f"sys_updated_on>={_sn_time(since)}"
-        query = self._scoped(condition, order="ORDERBYsys_updated_on")
+        query = self._scoped(condition, order="ORDERBYsys_updated_on^ORDERBYsys_id")
         for raw in self._pages(INCIDENT, query, self._read_columns()):
             yield self._record(raw)
 
@@ -939,16 +985,14 @@ class ServiceNowConnector:
         return list(dict.fromkeys(columns))
 
     def webhook_scope(self) -> str:
-        """The encoded query an incident must match for the Business Rule to send it."""
-        parts = []
-        if self._group_setting:
-            if _SYS_ID.fullmatch(self._group_setting):
-                parts.append(f"assignment_group={self._group_setting}")
-            else:
-                parts.append(f"assignment_group.name={_literal(self._group_setting)}")
-        if self._scope_query:
-            parts.append(self._scope_query)
-        return "^".join(parts)
+        """The encoded query an incident must match for the Business Rule to send it: the
+        assignment group ANDed into every ``^NQ`` branch of the scope query, as listings do."""
+        group = []
+        if _SYS_ID.fullmatch(self._group_setting):
+            group.append(f"assignment_group={self._group_setting}")
+        elif self._group_setting:
+            group.append(f"assignment_group.name={_literal(self._group_setting)}")
+        return _and_each(self._scope_query, group)
 
 
 def _next_offset(link: str) -> int | None:

@@ -1,7 +1,8 @@
 """APScheduler ticks: the dispatcher and the inbound applier about every 100 ms, the heartbeat
-every second, the dedupe purge hourly. The outbox row's ``next_attempt_at`` (and the stored
-event's) is the only source of truth for retries: there is no job per row, so a restart loses
-nothing."""
+and the reconcile schedules every second, the dedupe purge hourly. The outbox row's
+``next_attempt_at`` (and the stored event's, and a schedule's ``next_run_at``) is the only
+source of truth: there is no job per row or per schedule, so a restart loses nothing and a
+changed schedule needs no restart."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable, Mapping
 from apscheduler.schedulers.background import BackgroundScheduler
 
 TICK_SECONDS = 0.1
+SCHEDULE_SECONDS = 1.0  # reconcile schedules are read from the database this often
 
 
 def start(jobs: Mapping[str, tuple[Callable[[], object], float]]) -> BackgroundScheduler:

@@ -6,15 +6,14 @@ given back) well within 10 s."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from im.clock import Clock, SystemClock, format_time
 from im.config.connection import check_public_url
@@ -23,11 +22,12 @@ from im.daemon.app import create_app
 from im.daemon.server import check_port, check_tls
 from im.errors import DatabaseBusyError, ImError, InProgressError
 from im.store import daemon as daemon_rows
-from im.store import meta, open_database
+from im.store import locks, meta, open_database
 from im.store import outbox as outbox_rows
 from im.store.db import write
 from im.sync.dispatcher import Dispatcher
 from im.sync.inbound import Applier
+from im.sync.schedules import ScheduleRunner
 
 STALE_DISPATCH_SECONDS = 10.0
 
@@ -52,25 +52,19 @@ def lock_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".daemon.lock")
 
 
-@contextlib.contextmanager
-def exclusive(db_path: Path, running: daemon_rows.DaemonStatus) -> Iterator[None]:
-    """Hold the database's daemon lock; a second daemon fails at once, naming the first.
-    The kernel drops the lock when the process dies, even by SIGKILL."""
-    path = lock_path(db_path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    handle: IO[str] = os.fdopen(fd, "r+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            where = f" (pid {running.pid}, listening on {running.listen})" if running.pid else ""
-            raise InProgressError(
-                f"a daemon is already running for {db_path}{where}",
-                "stop it first, or use another database with --db",
-            ) from None
-        yield
-    finally:
-        handle.close()
+def exclusive(
+    db_path: Path, running: daemon_rows.DaemonStatus
+) -> contextlib.AbstractContextManager[None]:
+    """Hold the database's daemon lock; a second daemon fails at once, naming the first."""
+
+    def refusal() -> InProgressError:
+        where = f" (pid {running.pid}, listening on {running.listen})" if running.pid else ""
+        return InProgressError(
+            f"a daemon is already running for {db_path}{where}",
+            "stop it first, or use another database with --db",
+        )
+
+    return locks.exclusive(lock_path(db_path), refusal)
 
 
 class Daemon:
@@ -168,6 +162,13 @@ class Daemon:
             ),
         )
         self._applier = Applier(open_database(self.options.db_path), self.clock)
+        self._schedules = ScheduleRunner(
+            self.options.db_path,
+            self.clock,
+            log=lambda name, fields: logs.event(
+                self.logger, name, fields, logging.WARNING if "error" in name else logging.INFO
+            ),
+        )
         self._last_step = time.monotonic()
         self._scheduler = scheduler.start(
             {
@@ -175,6 +176,7 @@ class Daemon:
                 "apply": (self._apply, scheduler.TICK_SECONDS),
                 "heartbeat": (self._beat, daemon_rows.HEARTBEAT_SECONDS),
                 "purge": (self._purge, 3600.0),
+                "reconcile": (self._reconcile, scheduler.SCHEDULE_SECONDS),
             }
         )
 
@@ -184,6 +186,7 @@ class Daemon:
             dispatcher.stop()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)  # the running step finishes its current row
+        self._schedules.stop()  # a running reconcile stops at its next page
         if dispatcher is not None:
             dispatcher.close()
             dispatcher.db.close()
@@ -203,6 +206,9 @@ class Daemon:
 
     def _apply(self) -> None:
         self._guarded("apply", self._applier.step)
+
+    def _reconcile(self) -> None:
+        self._guarded("reconcile", self._schedules.tick)
 
     def _purge(self) -> None:
         self._guarded("purge", self._applier.purge)

@@ -346,6 +346,11 @@ class JqlParser:
                 raise JqlError("Error in the JQL Query: Expecting 'by' after 'order'.")
             while True:
                 name = self.take()
+                if name.kind not in ("word", "string") or not self.known(name.text):
+                    raise JqlError(
+                        f"Field '{name.text}' does not exist or you do not have permission "
+                        "to view it."
+                    )
                 descending = False
                 following = self.peek()
                 if following is not None and following.keyword in ("asc", "desc"):
@@ -504,6 +509,11 @@ def _clause(name: str, op: str, value: Any) -> Predicate:
     return evaluate
 
 
+# the fields ORDER BY takes (the sort keys of JiraSimulator._sort_key)
+_SORTABLE = frozenset(
+    {"key", "issuekey", "id", "created", "updated", "resolved", "resolutiondate"}
+    | {"priority", "status", "summary"}
+)
 _FIELD_NAMES = {
     "project",
     "issuetype",
@@ -2021,6 +2031,9 @@ class JiraSimulator(Simulator):
             raise Refusal(400, [str(exc)]) from None
         if predicate is None:
             raise Refusal(400, [UNBOUNDED_JQL])
+        unsortable = [name for name, _ in order if name not in _SORTABLE]
+        if unsortable:  # refused even when nothing matches
+            raise Refusal(400, [f"Not able to sort using field '{unsortable[0]}'."])
         selected = self._selected(fields, set())
         id_only = not selected
         limit = SEARCH_MAX_IDS if id_only else SEARCH_MAX_WITH_FIELDS
@@ -2074,15 +2087,17 @@ class JiraSimulator(Simulator):
         return JSONResponse(answer)
 
     def _sort_key(self, issue: SimIssue, name: str, ctx: JqlContext) -> Any:
+        """What ``ORDER BY name`` sorts on (one of _SORTABLE); ties are left to the next
+        ORDER BY field, then to the issue id."""
         if name in ("key", "issuekey", "id"):
             return issue.id
         if name in ("updated", "created", "resolved", "resolutiondate"):
             values = self.field_values(issue, name, ctx)
-            return (values[0] if values else datetime.min.replace(tzinfo=UTC), issue.id)
+            return values[0] if values else datetime.min.replace(tzinfo=UTC)
         if name == "priority":
-            return (int(issue.priority), issue.id)
+            return int(issue.priority)
         if name == "status":
-            return ([s.name for s in self.statuses].index(issue.status), issue.id)
+            return [s.name for s in self.statuses].index(issue.status)
         if name == "summary":
-            return (issue.summary.casefold(), issue.id)
+            return issue.summary.casefold()
         raise JqlError(f"Not able to sort using field '{name}'.")

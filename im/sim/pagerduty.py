@@ -5,7 +5,8 @@ What it does like PagerDuty: ``Authorization: Token token=…`` (401 otherwise),
 every incident write (400 otherwise), wrapped resources (``{"incident": {…}}``), classic
 pagination (``limit`` default 25 and at most 100, ``offset``, ``more``, ``total`` only with
 ``total=true``, 400 when ``offset + limit`` passes 10,000), ``since``/``until`` bounding the
-creation time (at most 6 months apart) unless ``date_range=all``, a 400 for a second open
+creation time (at most 6 months apart, 400 with code 2004 otherwise; optionally honoured to the
+day only, as PagerDuty may do) unless ``date_range=all``, a 400 for a second open
 incident with the same ``incident_key`` on a service, no way back from acknowledged to
 triggered (a resolved incident reopens), at most 2,000 notes, errors as
 ``{"error": {"message", "code", "errors"}}``, 429 with ``ratelimit-*`` headers.
@@ -31,12 +32,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from im.clock import format_time, parse_time
+from im.clock import format_time
 from im.security.signatures import pagerduty_signature
 from im.sim.core import Delivery, RetryPolicy, Simulator, WebhookQueue, json_object
 
@@ -180,6 +182,7 @@ class PagerDutySimulator(Simulator):
         requests_per_minute: int | None = None,
         max_notes: int = MAX_NOTES,
         seed_incidents: int = 0,
+        range_by_date: bool = False,
         **options: Any,
     ) -> None:
         """``tokens``: API token -> its user's email; ``users``: email, name and optionally
@@ -187,7 +190,9 @@ class PagerDutySimulator(Simulator):
         without priorities, answering 402); ``old_webhook_secrets``: secrets still signing
         during a rotation; ``requests_per_minute``: enforce PagerDuty's rate limit (off by
         default, so a frozen clock does not starve tests); ``seed_incidents``: incidents that
-        exist at start, one a second up to now. ``options`` go to ``Simulator``."""
+        exist at start, one a second up to now; ``range_by_date``: honour only the date (UTC)
+        of ``since`` and ``until``, as PagerDuty is reported to do (UNCONFIRMED: both are cut
+        to midnight, so ``until`` excludes its own day). ``options`` go to ``Simulator``."""
         super().__init__(**options)
         self.webhooks = _Deliveries(self)
         self.tokens = dict(DEFAULT_TOKENS if tokens is None else tokens)
@@ -198,6 +203,7 @@ class PagerDutySimulator(Simulator):
         self.old_webhook_secrets = tuple(old_webhook_secrets)
         self.requests_per_minute = requests_per_minute
         self.max_notes = max_notes
+        self.range_by_date = range_by_date
         self.users: dict[str, dict[str, str]] = {}
         self._by_email: dict[str, str] = {}
         listed = list(DEFAULT_USERS if users is None else users)
@@ -682,21 +688,32 @@ class PagerDutySimulator(Simulator):
         if "incident_key" in query:
             found = [i for i in found if i.key == query["incident_key"]]
         if query.get("date_range") != "all":
-            since, until = self._range(query.get("since"), query.get("until"))
+            since, until = self._range(
+                query.get("since"), query.get("until"), query.get("time_zone")
+            )
             found = [i for i in found if since <= i.created_at < until]
         found = self._sorted(found, query.getlist("sort_by"))
         base = self._base(request)
         return self._page(request, "incidents", found, lambda i: self._incident_json(base, i))
 
-    def _range(self, since_text: str | None, until_text: str | None) -> tuple[datetime, datetime]:
+    def _range(
+        self, since_text: str | None, until_text: str | None, zone_name: str | None = None
+    ) -> tuple[datetime, datetime]:
+        """The creation window of a listing. A time without an offset is read in
+        ``time_zone`` (default: the account's, UTC here)."""
+        try:
+            zone = ZoneInfo(zone_name) if zone_name else UTC
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _bad(f"time_zone {zone_name!r} is not a time zone") from None
+
         def moment(text: str, name: str) -> datetime:
             try:
-                value = parse_time(text) if "T" in text else datetime.fromisoformat(text)
+                value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
             except ValueError:
                 raise _Invalid(
                     400, "Invalid Input Provided", [f"{name} is not a date"], 2004
                 ) from None
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
+            return (value if value.tzinfo else value.replace(tzinfo=zone)).astimezone(UTC)
 
         until = moment(until_text, "until") if until_text else self.clock.now()
         since = moment(since_text, "since") if since_text else until - DEFAULT_RANGE
@@ -709,6 +726,9 @@ class PagerDutySimulator(Simulator):
                 ["since and until are more than 6 months apart"],
                 2004,
             )
+        if self.range_by_date:
+            since = since.replace(hour=0, minute=0, second=0, microsecond=0)
+            until = until.replace(hour=0, minute=0, second=0, microsecond=0)
         return since, until
 
     @staticmethod

@@ -5,10 +5,11 @@ its ``v1``/``v2`` forms) on ``incident``, ``sys_user``, ``sys_user_group``, ``sy
 What it does like the vendor: Basic auth (401 with ``WWW-Authenticate: Basic
 realm="Service-now"``), ACL failures as 403, the ``{"error": {"message", "detail"}, "status":
 "failure"}`` envelope, encoded queries (``= != > >= < <= IN NOT IN LIKE NOTLIKE STARTSWITH
-ENDSWITH ISEMPTY ISNOTEMPTY ^ ^OR ^NQ ORDERBY ORDERBYDESC``, one-level dot-walks; a condition on
-an unknown column is ignored, as on a default instance), offset/limit paging with ``Link`` and
-``X-Total-Count`` (``sysparm_limit`` defaults to 10,000), ``sysparm_fields`` (dot-walks too),
-``sysparm_display_value`` false/true/all, ``sysparm_exclude_reference_link``,
+ENDSWITH ISEMPTY ISNOTEMPTY ^ ^OR ^NQ ORDERBY ORDERBYDESC``, several ORDERBY in turn, one-level
+dot-walks; a condition on an unknown column is ignored, as on a default instance; rows that tie on
+every ORDERBY come in no promised order: here the last changed last), offset/limit paging with
+``Link`` and ``X-Total-Count`` (``sysparm_limit`` defaults to 10,000), ``sysparm_fields``
+(dot-walks too), ``sysparm_display_value`` false/true/all, ``sysparm_exclude_reference_link``,
 ``sysparm_suppress_pagination_header``, ``sysparm_no_count``; POST 201 with ``Location``,
 PATCH/PUT returning the whole record, journal columns that append to ``sys_journal_field`` and
 read back as "", priority derived from impact and urgency, resolution fields required when
@@ -575,6 +576,11 @@ class ServiceNowSimulator(Simulator):
     def _select(self, table: str, text: str) -> list[dict[str, str]]:
         query = EncodedQuery.parse(text)
         selected = [r for r in self.tables[table].values() if self._matches(table, r, query)]
+        # Rows that tie on every ORDERBY column come in no promised order, and the order can
+        # change between two pages: here, as if the database read them through the
+        # sys_updated_on index, the row changed last comes last. Paging is stable only
+        # under an ordering that breaks every tie (sys_id).
+        selected.sort(key=lambda r: r.get("sys_updated_on", ""))
         for column, descending in reversed(query.order):  # stable: the first ORDERBY leads
             selected.sort(
                 key=lambda r: _sort_key(self._lookup(table, r, column) or ""),

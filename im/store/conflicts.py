@@ -71,3 +71,17 @@ def listing(db: Database, status: str | None, integration_id: int | None) -> lis
             params,
         )
     )
+
+
+def latest_for(
+    db: Database, incident_id: int, integration_id: int, field: str
+) -> dict[str, Any] | None:
+    """The newest conflict of one field of a pair, whatever its status."""
+    rows = list(
+        db.query(
+            "SELECT * FROM conflicts WHERE incident_id = ? AND integration_id = ? AND field = ? "
+            "ORDER BY id DESC LIMIT 1",
+            [incident_id, integration_id, field],
+        )
+    )
+    return rows[0] if rows else None

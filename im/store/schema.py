@@ -329,6 +329,42 @@ def _dead_letters(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0007_reconcile")
+def _reconcile(db: Database) -> None:
+    # One row per run, written when it starts (state running) and when it ends, so history
+    # shows an interrupted run too; one schedule per integration.
+    _run(
+        db,
+        """
+        CREATE TABLE reconcile_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            trigger TEXT NOT NULL CHECK (trigger IN ('manual', 'schedule', 'cron')),
+            mode TEXT NOT NULL CHECK (mode IN ('dry-run', 'auto-heal')),
+            state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),
+            pid INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            checked INTEGER NOT NULL DEFAULT 0,
+            discrepancies INTEGER NOT NULL DEFAULT 0,
+            healed INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            error TEXT
+        );
+        CREATE INDEX reconcile_runs_integration ON reconcile_runs(integration_id, id);
+        CREATE TABLE reconcile_schedules (
+            integration_id INTEGER PRIMARY KEY REFERENCES integrations(id) ON DELETE CASCADE,
+            interval_seconds INTEGER NOT NULL CHECK (interval_seconds >= 30),
+            auto_heal INTEGER NOT NULL,
+            enabled INTEGER NOT NULL,
+            next_run_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            updated_by TEXT NOT NULL
+        )
+        """,
+    )
+
+
 def pending(db: Database) -> list[str]:
     return [m.name for m in MIGRATIONS.pending(db)]
 

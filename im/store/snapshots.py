@@ -59,11 +59,14 @@ def linked_entries(db: Database, integration_id: int, entry_ids: list[int]) -> d
     }
 
 
-def vendor_ids(db: Database, integration_id: int) -> set[str]:
+def vendor_ids(db: Database, integration_id: int, incident_id: int) -> set[str]:
+    """The vendor ids of the incident's entries linked with the integration."""
     return {
         row["vendor_id"]
         for row in db.query(
-            "SELECT vendor_id FROM journal_links WHERE integration_id = ?", [integration_id]
+            "SELECT l.vendor_id FROM journal_links l JOIN journal_entries j "
+            "ON j.id = l.journal_entry_id WHERE l.integration_id = ? AND j.incident_id = ?",
+            [integration_id, incident_id],
         )
     }
 
@@ -74,3 +77,20 @@ def link_entry(db: Database, integration_id: int, entry_id: int, vendor_id: str,
         "linked_at) VALUES (?, ?, ?, ?)",
         [entry_id, integration_id, vendor_id, at],
     )
+
+
+def vendor_linked(db: Database, integration_id: int, vendor_id: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM journal_links WHERE integration_id = ? AND vendor_id = ?",
+        [integration_id, vendor_id],
+    ).fetchone()
+    return row is not None
+
+
+def newest_version(db: Database, integration_id: int, incident_id: int) -> str | None:
+    """The newest vendor version synced for the pair (versions compare as text)."""
+    row = db.execute(
+        "SELECT max(version) FROM sync_snapshots WHERE integration_id = ? AND incident_id = ?",
+        [integration_id, incident_id],
+    ).fetchone()
+    return str(row[0]) if row and row[0] is not None else None

@@ -258,7 +258,9 @@ class Dispatcher:
             fields=fields,
             journal=journal,
             snapshots=snapshots.for_pair(self.db, integration["id"], incident.id),
-            known_vendor_ids=snapshots.vendor_ids(self.db, integration["id"]) if journal else set(),
+            known_vendor_ids=(
+                snapshots.vendor_ids(self.db, integration["id"], incident.id) if journal else set()
+            ),
             earlier_create=link is None and rows.had_create(self.db, row),
         )
 

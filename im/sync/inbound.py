@@ -33,14 +33,14 @@ from im.config.connection import ConnectorCache, TransportFor, secret
 from im.connectors.base import Connector, ExternalRecord, WebhookEvent, WebhookRequest
 from im.connectors.http import MalformedEventError
 from im.errors import ImError, SignatureError, StateError, ValidationError
-from im.model import JOURNAL_FIELDS, SCALAR_FIELDS, ConflictStrategy, Direction, check_transition
+from im.model import SCALAR_FIELDS, ConflictStrategy, Direction, check_transition
 from im.store import conflicts as conflict_rows
 from im.store import dead_letters, links, meta, snapshots, sync_state
 from im.store import inbound as rows
 from im.store import incidents as incident_rows
 from im.store import integrations as integration_rows
 from im.store.db import write
-from im.sync import conflicts, retry
+from im.sync import conflicts, external, retry
 
 MAX_BODY = 1024 * 1024
 # never stored: they authenticate a delivery, which is checked before it is stored
@@ -343,41 +343,24 @@ class Applier:
         self, integration: Mapping[str, Any], event: WebhookEvent, record: ExternalRecord | None
     ) -> Outcome:
         """An in-scope record that is not ours becomes a platform incident, linked."""
-        values = dict(record.fields) if record is not None else dict(event.changes)
-        version = record.version if record is not None else event.version
-        if not values.get("title"):
-            return Outcome("ignored", notes=["the record has no title to make an incident of"])
-        source = f"external:{integration['name']}"
-        status = values.pop("status", "triggered")
-        fields = {k: v for k, v in values.items() if k not in JOURNAL_FIELDS and v}
-        change = incidents.create(
-            self.db, self.clock, event.actor or source, fields, source, integration["id"]
-        )
-        incident_id = change.incident.id
-        if status and status != "triggered":
-            try:
-                check_transition("triggered", status)
-                incidents.update(
-                    self.db, self.clock, event.actor or source, str(incident_id),
-                    {"status": status}, source, integration["id"],
-                )  # fmt: skip
-            except StateError:
-                pass
-        stamp = format_time(self.clock.now())
-        links.create(
-            self.db, incident_id, integration["id"], event.external_id, event.external_key, stamp
-        )
-        current = incidents.get(self.db, incident_id)
-        snapshots.put(
+        values = record.fields if record is not None else event.changes
+        incident_id = external.adopt(
             self.db,
-            integration["id"],
-            incident_id,
-            {k: current.value(k) for k in values if k not in JOURNAL_FIELDS},
-            version,
-            stamp,
+            self.clock,
+            integration,
+            event.external_id,
+            event.external_key,
+            values,
+            record.version if record is not None else event.version,
+            event.actor,
+            event.journals,
         )
-        self._journals(integration, event, incident_id, Outcome())
-        return Outcome("applied", incident_id, sorted(fields), [f"created {current.display_id}"])
+        if incident_id is None:
+            return Outcome("ignored", notes=["the record has no title to make an incident of"])
+        current = incidents.get(self.db, incident_id)
+        applied = sorted(k for k, v in values.items() if v and k in SCALAR_FIELDS)
+        applied = [k for k in applied if k != "status"]
+        return Outcome("applied", incident_id, applied, [f"created {current.display_id}"])
 
     def _apply_changes(
         self,
@@ -524,29 +507,17 @@ class Applier:
         incident_id: int,
         outcome: Outcome,
     ) -> None:
-        direction = Direction(integration["direction"])
-        rules = integration_rows.rules(self.db, integration["id"])
-        known = snapshots.vendor_ids(self.db, integration["id"])
         stamp = format_time(self.clock.now())
         for entry in event.journals:
-            if entry.vendor_id in known:
+            if snapshots.vendor_linked(self.db, integration["id"], entry.vendor_id):
                 continue  # ours coming back, or already appended
             mine = self._unlinked_own_entry(integration["id"], incident_id, entry.field, entry.body)
             if event.by_self and mine is not None:
                 snapshots.link_entry(self.db, integration["id"], mine, entry.vendor_id, stamp)
                 continue
-            if not ownership.accepts(direction, rules.get(entry.field)):
+            if not external.append_entry(self.db, self.clock, integration, incident_id, entry):
                 outcome.notes.append(f"{entry.field}: owned by the platform")
                 continue
-            source = f"external:{integration['name']}"
-            change = incidents.comment(
-                self.db, self.clock, entry.author or source, str(incident_id), entry.field,
-                entry.body, source, integration["id"],
-            )  # fmt: skip
-            assert change.journal_entry is not None
-            snapshots.link_entry(
-                self.db, integration["id"], change.journal_entry, entry.vendor_id, stamp
-            )
             outcome.applied.append(entry.field)
 
     def _unlinked_own_entry(

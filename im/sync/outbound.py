@@ -41,16 +41,20 @@ def enqueue(
     journal: list[tuple[int, str]],
     now: str,
     exclude_integration: int | None = None,
+    only_integration: int | None = None,
 ) -> list[Queued]:
     """Queue ``changed`` fields and ``journal`` entries (id, kind) of ``incident`` for every
     integration that should receive them. Call inside the incident's write transaction.
 
-    ``exclude_integration`` is the integration a change came from (it is not sent back).
+    ``exclude_integration`` is the integration a change came from (it is not sent back);
+    ``only_integration`` limits the change to one (reconciliation re-creating its record).
     """
     queued: list[Queued] = []
     install_id = meta.require(db, "install_id")
     for integration in integration_rows.all_rows(db):
         if integration["id"] == exclude_integration:
+            continue
+        if only_integration is not None and integration["id"] != only_integration:
             continue
         direction = Direction(integration["direction"])
         if not direction.sends:
@@ -108,13 +112,19 @@ def enqueue(
 
 
 def queue_fields(
-    db: Database, incident: Incident, integration_id: int, fields: dict[str, str], now: str
+    db: Database,
+    incident: Incident,
+    integration_id: int,
+    fields: dict[str, str],
+    now: str,
+    journal: list[int] | None = None,
 ) -> None:
-    """Queue exactly these field values for one integration, whoever owns them (a conflict's
-    winner made true on that side). Merges into the waiting row when there is one."""
+    """Queue exactly these field values (and journal entry ids) for one integration, whoever
+    owns them (a conflict's winner, or a reconciliation's push, made true on that side).
+    Merges into the waiting row when there is one."""
     waiting = rows.waiting_row(db, incident.id, integration_id)
     if waiting is not None:
-        rows.merge(db, waiting["id"], fields, [], now)
+        rows.merge(db, waiting["id"], fields, journal or [], now)
         return
     rows.insert(
         db,
@@ -123,7 +133,7 @@ def queue_fields(
             "integration_id": integration_id,
             "operation": "update",
             "fields": fields,
-            "journal": [],
+            "journal": journal or [],
             "correlation_key": correlation_key(meta.require(db, "install_id"), incident.id),
             "next_attempt_at": now,
             "created_at": now,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -44,6 +45,12 @@ class Harness:
     journal_fields: tuple[str, ...] = ()
     # the vendor's own attributes of the webhook request (public URL path/query)
     webhook_path: str = "/webhooks/test"
+    # created_in_vendor(external_id): the creation time the simulator stored, in the
+    # platform's form (UTC, milliseconds, Z)
+    created_in_vendor: Callable[[str], str] = field(default=lambda external_id: "")
+    # how much earlier than asked list_in_scope(created_since) may reach: the vendor's
+    # creation-time filter is that coarse (ServiceNow: seconds, JQL: minutes, PagerDuty: days)
+    created_since_slack: timedelta = timedelta(0)
 
     def request_for(self, delivery: Delivery) -> WebhookRequest:
         """The delivery as our daemon would receive it."""

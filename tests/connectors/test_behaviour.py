@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from im.clock import FrozenClock
+from im.clock import FrozenClock, format_time
 from im.connectors.http import (
     AuthError,
     PermanentError,
@@ -105,6 +105,86 @@ def test_listing_in_scope_pages_past_two_pages(h: Harness) -> None:
         created.add(h.connector.create({**h.sample, "title": f"page {n}"}, key(10 + n)).id)
     listed = [r.id for r in h.connector.list_in_scope()]
     assert sorted(listed) == sorted(created)
+
+
+def test_created_at_is_the_vendors_creation_time_and_stays(h: Harness) -> None:
+    h.clock.advance(1.25)  # milliseconds where the vendor keeps them
+    record = h.connector.create(h.sample, key(15))
+    assert record.created_at == h.created_in_vendor(record.id)
+    assert record.created_at.endswith("Z") and len(record.created_at) == 24
+    h.clock.advance(3600)
+    h.agent_edit(record.id, *h.updates[0])
+    fetched = h.connector.get(record.id)
+    assert fetched.created_at == record.created_at
+    assert fetched.updated_at > fetched.created_at
+    listed = {r.id: r for r in h.connector.list_in_scope()}
+    assert listed[record.id].created_at == record.created_at
+
+
+def test_listing_created_since_has_every_later_record(h: Harness) -> None:
+    ancient = h.connector.create({**h.sample, "title": "three days before"}, key(16))
+    h.clock.advance(3 * 86_400 - 30)
+    just_before = h.connector.create({**h.sample, "title": "just before"}, key(17))
+    h.clock.advance(30.5)
+    cutoff = h.clock.now()
+    at_cutoff = h.connector.create({**h.sample, "title": "at the cutoff"}, key(18))
+    later = set()
+    for n in range(4):  # past two pages of the harness
+        h.clock.advance(61)
+        later.add(h.connector.create({**h.sample, "title": f"later {n}"}, key(19 + n)).id)
+    h.clock.advance(5)
+    listed = list(h.connector.list_in_scope(created_since=cutoff))
+    ids = [r.id for r in listed]
+    assert len(ids) == len(set(ids))
+    assert {at_cutoff.id, *later} <= set(ids)
+    # earlier records only as far back as the vendor's filter is coarse
+    assert ancient.id not in ids
+    assert just_before.id not in ids or h.created_since_slack > timedelta(seconds=30)
+    floor = format_time(cutoff - h.created_since_slack)
+    assert all(r.created_at >= floor for r in listed)
+    assert [r.created_at for r in listed] == sorted(r.created_at for r in listed)
+    # a cutoff after every record: an empty listing, not an error
+    assert list(h.connector.list_in_scope(created_since=h.clock.now() + timedelta(days=3))) == []
+
+
+def test_listing_in_scope_neither_skips_nor_repeats_while_records_change(h: Harness) -> None:
+    created = [
+        h.connector.create({**h.sample, "title": f"same moment {n}"}, key(30 + n)).id
+        for n in range(7)  # all in one second, so only the tie-breaker orders them
+    ]
+    h.clock.advance(2)
+    listed = []
+    for record in h.connector.list_in_scope():  # two a page
+        listed.append(record.id)
+        # a person edits what was just listed and what is still to come, between pages
+        h.clock.advance(2)
+        h.agent_edit(record.id, "title", f"edited after listing {len(listed)}")
+        waiting = [i for i in created if i not in listed]
+        if waiting:
+            h.agent_edit(waiting[0], "title", f"edited before listing {len(listed)}")
+        h.clock.advance(2)
+    assert sorted(listed) == sorted(created)
+    assert len(listed) == len(set(listed))
+
+
+def test_listing_journals_of_several_records_at_once(h: Harness) -> None:
+    first = h.connector.create({**h.sample, "title": "first"}, key(40))
+    second = h.connector.create({**h.sample, "title": "second"}, key(41))
+    quiet = h.connector.create({**h.sample, "title": "no journal"}, key(42))
+    for field in h.journal_fields:
+        h.clock.advance(1)
+        h.connector.add_journal(first.id, field, f"{field} from im")
+        h.agent_journal(second.id, field, f"{field} from the agent")
+        h.agent_journal(first.id, field, f"{field} in the same second")
+    ids = [second.id, quiet.id, first.id]
+    journals = h.connector.list_journals(ids)
+    assert sorted(journals) == sorted(ids)
+    assert journals == {i: h.connector.list_journal(i) for i in ids}
+    assert journals[quiet.id] == []
+    assert len(journals[first.id]) == 2 * len(h.journal_fields)
+    for entries in journals.values():
+        assert [e.created_at for e in entries] == sorted(e.created_at for e in entries)
+    assert h.connector.list_journals([]) == {}
 
 
 def test_listing_changed_since_includes_every_later_change(h: Harness) -> None:

@@ -98,6 +98,7 @@ def test_get_parses_the_documented_jsm_incident(jira: JiraConnector) -> None:
     assert (record.id, record.key) == ("10042", "ITSM-42")
     assert record.url == f"{URL}/browse/ITSM-42"
     assert record.version == "2024-05-14T10:31:47.902Z"
+    assert record.created_at == "2024-05-14T10:15:02.118Z"  # fields.created, +0000
     assert record.fields == {
         "title": "Checkout API returning 502 for EU customers",
         "description": "Error rate on /checkout above 20% since 10:12 UTC. "
@@ -177,6 +178,7 @@ def test_search_pages_with_next_page_token(jira: JiraConnector) -> None:
     ]
     assert records[0].fields["status"] == "acknowledged"
     assert records[0].version == "2024-05-14T10:31:47.902Z"
+    assert records[0].created_at == "2024-05-14T10:15:02.118Z"
 
 
 def test_documented_errors_become_typed_errors_with_jiras_text(jira: JiraConnector) -> None:

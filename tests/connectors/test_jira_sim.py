@@ -156,6 +156,11 @@ def test_search_pages_with_next_page_token_and_limits(h: Harness) -> None:
         ("project = NOPE", "The value 'NOPE' does not exist for the field 'project'."),
         ('updated >= "yesterday"', "Date value 'yesterday' for field 'updated' is invalid."),
         ("project = OPS AND", "Error in the JQL Query"),
+        ("project = OPS ORDER BY created ASC key ASC", "Expecting either 'OR' or 'AND'"),
+        ("project = OPS ORDER BY created ASC,", "The query ended unexpectedly"),
+        ("project = OPS ORDER BY colour", "Field 'colour' does not exist"),
+        ("project = OPS ORDER BY description", "Not able to sort using field 'description'."),
+        ("project = OPS ORDER BY labels", "Not able to sort using field 'labels'."),
     ],
 )
 def test_bad_jql_is_refused_like_jira(h: Harness, jql: str, message: str) -> None:
@@ -170,6 +175,54 @@ def test_bad_page_token_and_removed_search(h: Harness) -> None:
     removed = h.agent.get("/rest/api/3/search", params={"jql": "project = OPS"})
     assert removed.status_code == 410
     assert "/rest/api/3/search/jql" in removed.json()["errorMessages"][0]
+
+
+def test_created_since_and_two_order_keys_select_like_jira(h: Harness) -> None:
+    first = h.connector.create({**SAMPLE, "title": "first"}, KEY.format(1))
+    twin = h.connector.create({**SAMPLE, "title": "same millisecond"}, KEY.format(2))
+    h.clock.advance(120)
+    cutoff = h.clock.now()
+    last = h.connector.create({**SAMPLE, "title": "last"}, KEY.format(3))
+    h.clock.advance(2)
+
+    def keys(jql: str) -> list[str]:
+        answer = search(h.agent, jql, fields="summary")
+        assert answer.status_code == 200, answer.text
+        return [i["key"] for i in answer.json()["issues"]]
+
+    ordered = [first.key, twin.key, last.key]
+    assert keys("project = OPS ORDER BY created ASC, key ASC") == ordered
+    assert keys("project = OPS ORDER BY created DESC, key DESC") == ordered[::-1]
+    assert keys("project = OPS ORDER BY created ASC, key DESC") == [twin.key, first.key, last.key]
+    assert keys(f'project = OPS AND created >= "{cutoff:%Y-%m-%d %H:%M}"') == [last.key]
+    assert keys('project = OPS AND created >= "2026-11-27" ORDER BY created') == ordered
+
+
+def test_list_in_scope_created_since_reads_dates_in_the_accounts_time_zone(
+    clock: FrozenClock,
+) -> None:
+    h = make_harness(clock, time_zone="America/Los_Angeles")
+    try:
+        old = h.connector.create({**SAMPLE, "title": "old"}, KEY.format(1))
+        clock.advance(3600)
+        cutoff = clock.now()
+        new = [
+            h.connector.create({**SAMPLE, "title": f"new {n}"}, KEY.format(2 + n)) for n in range(3)
+        ]
+        clock.advance(5)
+        ours, transport = counted(h)
+        listed = [r.id for r in ours.list_in_scope(created_since=cutoff)]
+        assert listed == [r.id for r in new] and old.id not in listed
+        # 09:59 UTC is 01:59 in Los Angeles (UTC-8 in November), a minute before the cutoff
+        bodies = [json.loads(r.content) for r in transport.requests if r.url.path.endswith("/jql")]
+        assert {b["jql"] for b in bodies} == {
+            'project = "OPS" AND issuetype = "Incident" AND created >= "2026-11-27 01:59" '
+            "ORDER BY created ASC, key ASC"
+        }
+        assert len(bodies) == 2  # two a page
+        ours.close()
+    finally:
+        h.close()
 
 
 def test_list_changed_reads_dates_in_the_accounts_time_zone(clock: FrozenClock) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import timedelta
+from itertools import pairwise
 from typing import Any
 
 import httpx
@@ -17,12 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from im.clock import FrozenClock, format_time
+from im.clock import FrozenClock, format_time, parse_time
 from im.connectors.http import PermanentError
 from im.connectors.pagerduty import PagerDutyConnector
 from im.sim.pagerduty import PagerDutySimulator
 from im.sim.transport import ASGIBridge
-from tests.connectors.harness import Harness
+from tests.connectors.harness import Harness, Recording
 from tests.connectors.vendor_pagerduty import (
     SAMPLE,
     WEBHOOK_SECRET,
@@ -133,16 +134,98 @@ def test_listing_pages_like_pagerduty(clock: FrozenClock) -> None:
         h.close()
 
 
-def test_listing_past_the_offset_cap_goes_on_in_creation_windows(clock: FrozenClock) -> None:
-    h = make_harness(clock, seed_incidents=10_050)
+@pytest.mark.parametrize("first", [1, 41])
+def test_listing_past_the_offset_cap_goes_on_in_creation_windows(
+    clock: FrozenClock, first: int
+) -> None:
+    h = make_harness(clock, seed_incidents=10_050)  # one a second, up to now
     pd = connector(h.sim, clock, page_size=None)  # 100 a page, PagerDuty's most
+    # from the first incident, or from the 41st: its window reaches a day back, so it also
+    # meets the cap
+    since = None if first == 1 else clock.now() - timedelta(seconds=10_050 - first + 1)
     try:
-        listed = [(r.key, r.id) for r in pd.list_in_scope()]
+        listed = [(r.key, r.id) for r in pd.list_in_scope(created_since=since)]
     finally:
         pd.close()
         h.close()
     assert len(listed) == 10_050 == len({i for _, i in listed})
     assert [int(k) for k, _ in listed] == list(range(1, 10_051))  # in creation order
+
+
+def _windows(requests: list[httpx.Request]) -> list[tuple[str, str]]:
+    return [
+        (r.url.params["since"], r.url.params["until"])
+        for r in requests
+        if r.url.path == "/incidents" and "since" in r.url.params
+    ]
+
+
+@pytest.mark.parametrize("by_date", [False, True])
+def test_created_since_walks_creation_windows_from_the_day_before(
+    clock: FrozenClock, by_date: bool
+) -> None:
+    h = make_harness(clock, range_by_date=by_date)
+    transport = Recording(h.sim.transport())
+    pd = connector(h.sim, clock, transport=transport)
+    try:
+        created = []
+        for n in range(10):  # one every 40 days and a few hours: 14 months in all
+            created.append(pd.create({**SAMPLE, "title": f"t{n}"}, key(n)))
+            clock.advance(40 * 86_400 + 5 * 3600 + 17)
+        cutoff = parse_time(created[3].created_at) + timedelta(days=3)  # past the slack
+        transport.requests.clear()
+        listed = list(pd.list_in_scope(created_since=cutoff))
+    finally:
+        pd.close()
+        h.close()
+    assert [r.id for r in listed] == [r.id for r in created[4:]]
+    windows = _windows(transport.requests)
+    assert windows[0][0] == format_time(cutoff - timedelta(days=1))
+    spans = [parse_time(until) - parse_time(since) for since, until in windows]
+    assert len(set(windows)) >= 2 and all(span <= timedelta(days=180) for span in spans)
+    # each window starts within the one before, so a window cut to its date loses nothing
+    for (_, until), (since, _) in pairwise(windows):
+        assert parse_time(since) <= parse_time(until) - timedelta(days=1)
+    sorts = {r.url.params.get("sort_by") for r in transport.requests if r.url.path == "/incidents"}
+    assert "created_at:asc,incident_number:asc" in sorts
+
+
+def test_since_and_until_are_read_like_pagerduty(h: Harness) -> None:
+    for n in range(3):
+        h.connector.create({**SAMPLE, "title": f"t{n}"}, key(n))
+        h.clock.advance(3600)
+
+    def titles(**params: str) -> list[str]:
+        answer = h.agent.get("/incidents", params={"limit": "100", **params})
+        assert answer.status_code == 200, answer.text
+        return [i["title"] for i in answer.json()["incidents"]]
+
+    assert titles(since="2026-11-27T10:00:00Z") == ["t1", "t2"]
+    assert titles(since="2026-11-27T10:00:00.000+00:00", until="2026-11-27T11:00:00Z") == ["t1"]
+    assert titles(since="2026-11-27") == ["t0", "t1", "t2"]
+    # a time without an offset is read in time_zone (else the account's, UTC here)
+    assert titles(since="2026-11-27T11:00:00", time_zone="Europe/Berlin") == ["t1", "t2"]
+    assert titles(since="2026-11-27T11:00:00") == ["t2"]
+    unknown = h.agent.get("/incidents", params={"since": "2026-11-27", "time_zone": "Mars/Base"})
+    assert unknown.status_code == 400
+    for since in ("yesterday", "2026-13-01"):
+        answer = h.agent.get("/incidents", params={"since": since})
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == 2004
+
+
+def test_since_and_until_may_count_whole_days(clock: FrozenClock) -> None:
+    h = make_harness(clock, range_by_date=True)
+    try:
+        h.connector.create({**SAMPLE, "title": "at nine"}, key(1))
+        clock.advance(3600)
+        h.connector.create({**SAMPLE, "title": "at ten"}, key(2))
+        params = {"since": "2026-11-27T09:30:00Z", "until": "2026-11-28T09:30:00Z"}
+        answer = h.agent.get("/incidents", params=params).json()["incidents"]
+        assert [i["title"] for i in answer] == ["at nine", "at ten"]  # since cut to the date
+        params = {"since": "2026-11-26T00:00:00Z", "until": "2026-11-27T23:59:00Z"}
+        assert h.agent.get("/incidents", params=params).json()["incidents"] == []  # until too
+    finally:
+        h.close()
 
 
 # -- auth, From, errors, 429 ---------------------------------------------------------------------

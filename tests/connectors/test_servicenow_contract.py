@@ -24,6 +24,7 @@ FIXTURES = Path(__file__).parent.parent.parent / "fixtures"
 CASSETTES = FIXTURES / "cassettes" / "servicenow"
 URL = "https://dev112093.service-now.com"
 SYS_ID = "1c741bd70b2322007518478d83673af3"
+OTHER_SYS_ID = "9d385017c611228701d22104cc95c371"  # INC0010001 of create_incident.yaml
 KEY = "im:0f3c2a9e-contract:INC-60"
 PASSWORD = "contract-password"
 
@@ -76,6 +77,7 @@ def test_get_parses_the_documented_incident(snow: ServiceNowConnector) -> None:
     assert record.url == f"{URL}/incident.do?sys_id={SYS_ID}"
     assert record.version == "000000000015"
     assert record.updated_at == "2016-12-14T02:46:44.000Z"
+    assert record.created_at == "2016-12-12T15:19:57.000Z"  # sys_created_on, UTC
     assert record.updated_by == "employee"
     assert record.correlation_key is None
     assert dict(record.fields) == {
@@ -105,6 +107,7 @@ def test_create_sends_the_documented_request(snow: ServiceNowConnector) -> None:
         "000000000000",
     )
     assert record.correlation_key == KEY
+    assert record.created_at == "2016-12-12T15:19:57.000Z"
     assert dict(record.fields) == {**values, "assigned_to": "beth.anglin@example.com"}
 
 
@@ -125,6 +128,7 @@ def test_a_work_note_is_appended_and_found_in_sys_journal_field() -> None:
     with PLAYER.use_cassette("work_notes.yaml") as cassette:
         entry = snow.add_journal(SYS_ID, "work_notes", text)
         listed = snow.list_journal(SYS_ID)
+        batched = snow.list_journals([SYS_ID, OTHER_SYS_ID])
     snow.close()
     assert cassette.all_played
     assert entry.vendor_id == "9a1d7e3e1b2a4210a1b2c3d4e5f60718"
@@ -135,6 +139,7 @@ def test_a_work_note_is_appended_and_found_in_sys_journal_field() -> None:
         "2016-12-14T02:40:02.000Z",
     )
     assert listed == [entry]
+    assert batched == {SYS_ID: [entry], OTHER_SYS_ID: []}
 
 
 def test_documented_errors_become_typed_errors_with_servicenows_text() -> None:

@@ -125,7 +125,8 @@ def test_list_changed_asks_for_updated_since_in_order_within_scope(h: Harness) -
     query = httpx.URL(transport.paths("/table/incident")[0]).params["sysparm_query"]
     group = group_id(h, "Service Desk")
     assert query == (
-        f"assignment_group={group}^sys_updated_on>={since:%Y-%m-%d %H:%M:%S}^ORDERBYsys_updated_on"
+        f"assignment_group={group}^sys_updated_on>={since:%Y-%m-%d %H:%M:%S}"
+        "^ORDERBYsys_updated_on^ORDERBYsys_id"
     )
     ours.close()
 
@@ -145,6 +146,9 @@ def test_list_changed_asks_for_updated_since_in_order_within_scope(h: Harness) -
         ("assignment_group.name=Network", ["gamma"]),
         ("impact>=2^impact<3", ["beta"]),
         ("ORDERBYDESCnumber^short_descriptionISNOTEMPTY", ["a^b", "gamma", "beta", "alpha"]),
+        ("ORDERBYcategory^ORDERBYDESCimpact", ["gamma", "beta", "alpha", "a^b"]),
+        ("sys_created_on>=2026-11-27 09:00:02^ORDERBYsys_created_on", ["gamma", "a^b"]),
+        ("sys_created_on<2026-11-27 09:00:01", ["alpha"]),
     ],
 )
 def test_encoded_queries_select_like_the_instance(
@@ -152,7 +156,9 @@ def test_encoded_queries_select_like_the_instance(
 ) -> None:
     network = group_id(h, "Network")
     agent_create(h, short_description="alpha", category="network", impact="1")
+    h.clock.advance(1)
     agent_create(h, short_description="beta", category="network", impact="2", description="d")
+    h.clock.advance(1)
     agent_create(h, short_description="gamma", category="hardware", assignment_group=network)
     agent_create(h, short_description="a^b", category="software")
     answer = h.agent.get(
@@ -202,8 +208,107 @@ def test_scope_query_is_anded_into_every_part_of_the_query(h: Harness) -> None:
     query = httpx.URL(transport.paths("/table/incident")[-1]).params["sysparm_query"]
     assert query == (
         f"assignment_group={sd}^category=network^NQassignment_group={sd}^category=hardware"
-        "^ORDERBYsys_created_on"
+        "^ORDERBYsys_created_on^ORDERBYsys_id"
     )
+    ours.close()
+
+
+def test_rows_that_tie_on_the_order_come_in_no_promised_order(h: Harness) -> None:
+    first, second, third = (agent_create(h, short_description=f"tie {n}") for n in range(3))
+    h.clock.advance(1)
+    h.agent.patch(f"{TABLE}/{first}", json={"short_description": "changed"})
+
+    def order(query: str) -> list[str]:
+        rows = h.agent.get(TABLE, params={"sysparm_query": query, "sysparm_fields": "sys_id"})
+        return [r["sys_id"] for r in rows.json()["result"]]
+
+    # as a database may: the row changed last comes last among equals
+    assert order("ORDERBYsys_created_on") == [second, third, first]
+    assert order("ORDERBYsys_created_on^ORDERBYsys_id") == sorted([first, second, third])
+
+
+def test_a_scope_with_nq_and_a_group_lists_only_records_in_scope(h: Harness) -> None:
+    sd, network = group_id(h, "Service Desk"), group_id(h, "Network")
+    old = agent_create(h, category="network", assignment_group=sd)
+    h.clock.advance(600)
+    cutoff = h.clock.now()
+    wanted = {
+        agent_create(h, category="network", assignment_group=sd),
+        agent_create(h, category="hardware", assignment_group=sd),
+    }
+    agent_create(h, category="network", assignment_group=network)  # a branch, another group
+    agent_create(h, category="hardware", assignment_group=network)
+    agent_create(h, category="hardware")  # no group at all
+    agent_create(h, category="software", assignment_group=sd)  # the group, no branch
+    # a trailing ^NQ and a literal ^^NQ in a value are no extra branches
+    scope = "category=network^NQcategory=hardware^short_description!=x^^NQy^NQ"
+    ours, transport = counted(h, scope_query=scope)
+    assert {r.id for r in ours.list_in_scope(created_since=cutoff)} == wanted
+    assert {r.id for r in ours.list_in_scope()} == {old, *wanted}
+    query = httpx.URL(transport.paths("/table/incident")[0]).params["sysparm_query"]
+    since = f"sys_created_on>={cutoff:%Y-%m-%d %H:%M:%S}"
+    assert query == (
+        f"assignment_group={sd}^category=network^{since}"
+        f"^NQassignment_group={sd}^category=hardware^short_description!=x^^NQy^{since}"
+        "^ORDERBYsys_created_on^ORDERBYsys_id"
+    )
+    ours.close()
+
+
+def test_the_business_rule_scope_puts_the_group_in_every_branch(clock: FrozenClock) -> None:
+    settings = {"scope_query": "category=network^NQcategory=hardware"}
+    expected = (
+        "assignment_group.name=Service Desk^category=network"
+        "^NQassignment_group.name=Service Desk^category=hardware"
+    )
+    instance = ServiceNowSimulator(clock=clock, webhook_url="http://127.0.0.1:9/w")
+    ours = ServiceNowConnector(config_for(instance, clock, **settings))
+    try:
+        assert ours.webhook_scope() == expected
+        assert json.dumps(expected) in ours.webhook_setup("https://im.example.com/w", None)
+        # the rule with that condition sends in-scope saves only
+        instance.webhook_query = ours.webhook_scope()
+        with agent_client(instance) as agent:
+            groups = {g["name"]: g["sys_id"] for g in instance.tables["sys_user_group"].values()}
+            for category, group in [
+                ("hardware", groups["Network"]),
+                ("network", ""),
+                ("software", groups["Service Desk"]),
+            ]:
+                body = {"short_description": "x", "category": category, "assignment_group": group}
+                agent.post(TABLE, json=body).raise_for_status()
+            assert instance.webhooks.pending == []
+            body = {"category": "hardware", "assignment_group": groups["Service Desk"]}
+            agent.post(TABLE, json={"short_description": "in", **body}).raise_for_status()
+        assert len(instance.webhooks.pending) == 1
+    finally:
+        ours.close()
+        instance.shutdown()
+
+
+def test_journals_of_many_incidents_come_in_batches_of_ids(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("im.connectors.servicenow.JOURNAL_BATCH", 2)
+    ids = [h.connector.create({"title": f"t{n}"}, KEY.format(n)).id for n in range(5)]
+    for n, sys_id in enumerate(ids[:4]):
+        h.clock.advance(1)
+        h.agent_journal(sys_id, "work_notes", f"note {n}")
+        h.clock.advance(1)
+        h.agent_journal(sys_id, "comments", f"comment {n}")
+    ours, transport = counted(h)
+    journals = ours.list_journals(ids)
+    assert [[e.body for e in journals[i]] for i in ids] == [
+        [f"note {n}", f"comment {n}"] for n in range(4)
+    ] + [[]]
+    pages = [httpx.URL(u).params for u in transport.paths("/sys_journal_field")]
+    # each batch paged as usual (two rows a page in this harness)
+    assert [p["sysparm_offset"] for p in pages] == ["0", "2", "0", "2", "0"]
+    assert list(dict.fromkeys(p["sysparm_query"] for p in pages)) == [
+        f"element_idIN{','.join(ids[at : at + 2])}^elementINwork_notes,comments"
+        "^ORDERBYsys_created_on^ORDERBYsys_id"
+        for at in (0, 2, 4)
+    ]
     ours.close()
 
 

@@ -3,11 +3,12 @@ transport, and the agent's hand edits through the REST API (v3 and the JSM comme
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
 
-from im.clock import FrozenClock
+from im.clock import FrozenClock, format_time
 from im.config.mapping import mappings
 from im.connectors.base import ConnectorConfig
 from im.connectors.jira import PRIORITY_OUT, SEVERITY_OUT, STATUS_OUT, JiraConnector, text_to_adf
@@ -145,4 +146,7 @@ def make_harness(clock: FrozenClock, **sim_options: Any) -> Harness:
             ("status", "closed"),
         ],
         journal_fields=("work_notes", "comments"),
+        created_in_vendor=lambda issue: format_time(sim.issues[int(issue)].created),
+        # JQL dates have whole minutes, and the connector asks from a minute earlier
+        created_since_slack=timedelta(minutes=2),
     )

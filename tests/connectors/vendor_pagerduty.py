@@ -3,11 +3,12 @@ client on its in-process transport."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
 
-from im.clock import FrozenClock
+from im.clock import FrozenClock, format_time
 from im.config.mapping import mappings
 from im.connectors.base import ConnectorConfig
 from im.connectors.pagerduty import (
@@ -61,8 +62,10 @@ def connector(
     token: str = TOKEN,
     page_size: int | None = 2,
     settings: dict[str, str] | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> PagerDutyConnector:
-    """A connector of the test integration, talking to ``sim`` in-process."""
+    """A connector of the test integration, talking to ``sim`` in-process (through
+    ``transport`` when given, e.g. a recording one)."""
     chosen = {**SETTINGS, **(settings or {})}
     return PagerDutyConnector(
         ConnectorConfig(
@@ -73,7 +76,7 @@ def connector(
             fields=mappings("pagerduty", chosen, {}),
             page_size=page_size,
             sleep=clock.advance,
-            transport=sim.transport(),
+            transport=transport or sim.transport(),
         )
     )
 
@@ -143,4 +146,8 @@ def make_harness(clock: FrozenClock, **sim_options: Any) -> Harness:
         sample=SAMPLE,
         updates=UPDATES,
         journal_fields=("work_notes",),
+        created_in_vendor=lambda incident: format_time(sim.incidents[incident].created_at),
+        # since/until may count whole days (in the account's time zone): a day's margin, and
+        # the day it falls on
+        created_since_slack=timedelta(days=2),
     )

@@ -5,15 +5,16 @@ client."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from im.clock import FrozenClock
+from im.clock import FrozenClock, format_time
 from im.config.mapping import mappings
 from im.connectors.base import Connector, ConnectorConfig
 from im.connectors.servicenow import SEVERITY_OUT, STATE_OUT, ServiceNowConnector
-from im.sim.servicenow import ServiceNowSimulator
+from im.sim.servicenow import SN_TIME, ServiceNowSimulator
 from tests.connectors.harness import Harness
 
 URL = "https://im-test.service-now.com"
@@ -101,6 +102,10 @@ def make_harness(clock: FrozenClock, **sim_options: Any) -> Harness:
             dataclasses.replace(config, secrets={**config.secrets, "password": "wrong"})
         )
 
+    def created_in_vendor(sys_id: str) -> str:
+        stored = datetime.strptime(sim.incident(sys_id)["sys_created_on"], SN_TIME)
+        return format_time(stored.replace(tzinfo=UTC))
+
     return Harness(
         kind="servicenow",
         clock=clock,
@@ -134,4 +139,6 @@ def make_harness(clock: FrozenClock, **sim_options: Any) -> Harness:
             ("status", "closed"),
         ],
         journal_fields=("work_notes", "comments"),
+        created_in_vendor=created_in_vendor,
+        created_since_slack=timedelta(seconds=1),  # sys_created_on has whole seconds
     )
