@@ -179,6 +179,8 @@ def test_a_real_daemon_runs_the_schedule_set_through_its_api(live: Live, db_path
 def test_the_readmes_crontab_line_works_under_crons_bare_environment(
     live: Live, db_path: Path, tmp_path: Path
 ) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert CRON_LINE in readme  # the line tested is the line documented
     with serve_in_thread(ServiceNowSimulator()) as snow:
         live.ok(
             "integration", "create", "prod-snow", "--type", "servicenow", "--url", snow.url,

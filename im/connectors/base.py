@@ -53,6 +53,9 @@ class ConnectorConfig:
     ca_bundle: str | None = None
     timeout: float = 10.0
     page_size: int | None = None  # None: the vendor's usual page size (tests page sooner)
+    # reads made at once where the vendor has no batch read (the journals of many records);
+    # 1 keeps requests in a fixed order (the deterministic simulation)
+    concurrency: int = 4
     # how the connector waits between look-ups (Jira's eventually consistent search); the
     # deterministic simulation passes its clock's advance
     sleep: Callable[[float], None] = time.sleep
@@ -75,6 +78,9 @@ class ExternalRecord:
     updated_by: str = ""  # the vendor's login/email of the last writer, when known
     # values that could not be mapped (field skipped, integration degraded): one line each
     warnings: tuple[str, ...] = ()
+    # every journal entry, when the read brought them all along (Jira's search can); None:
+    # ask list_journals
+    journal: tuple[JournalEntry, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from im.errors import ImError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import ssl
@@ -236,3 +238,15 @@ def _vendor_text(response: httpx.Response, error_text: ErrorText) -> str:
 def _reason(exc: Exception) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:200]
+
+
+def fetch_each(keys: Sequence[str], fetch: Callable[[str], T], concurrency: int) -> dict[str, T]:
+    """``fetch`` of every key, up to ``concurrency`` at a time (a vendor without a batch
+    read); the first error is raised once all have finished or failed."""
+    if concurrency <= 1 or len(keys) <= 1:
+        return {key: fetch(key) for key in keys}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(keys))) as pool:
+        futures = {key: pool.submit(fetch, key) for key in keys}
+    return {key: future.result() for key, future in futures.items()}

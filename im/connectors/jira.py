@@ -665,7 +665,7 @@ class JiraConnector:
         jql = self._scope()
         if created_since is not None:
             jql += f" AND {self._jql_since('created', created_since)}"
-        return self._search(f"{jql} {CREATION_ORDER}")
+        return self._search(f"{jql} {CREATION_ORDER}", journal=True)
 
     def list_changed(self, since: datetime) -> Iterator[ExternalRecord]:
         """Issues in scope updated since ``since`` (from a minute earlier: JQL has minute
@@ -680,13 +680,17 @@ class JiraConnector:
         local = (moment - JQL_OVERLAP).astimezone(self._time_zone())
         return f'{field} >= "{local:%Y-%m-%d %H:%M}"'
 
-    def _search(self, jql: str, limit: int | None = None) -> Iterator[ExternalRecord]:
+    def _search(
+        self, jql: str, limit: int | None = None, journal: bool = False
+    ) -> Iterator[ExternalRecord]:
+        """Issues matching ``jql``; with ``journal``, each with its comments when the answer
+        holds all of them."""
         token: str | None = None
         while True:
             body: dict[str, Any] = {
                 "jql": jql,
                 "maxResults": min(self._page_size, limit) if limit else self._page_size,
-                "fields": self._issue_fields(),
+                "fields": self._issue_fields() + (["comment"] if journal else []),
             }
             if self._recent:
                 body["reconcileIssues"] = [int(i) for i in self._recent]
@@ -694,7 +698,8 @@ class JiraConnector:
                 body["nextPageToken"] = token
             page = self._json("POST", f"{API}/search/jql", json=body)
             for issue in page.get("issues") or []:
-                yield self._record(issue)
+                record = self._record(issue)
+                yield self._with_journal(record, issue) if journal else record
             token = page.get("nextPageToken")
             if limit or page.get("isLast", not token) or not token:
                 return
@@ -874,15 +879,29 @@ class JiraConnector:
             created_at=jira_version(str(comment["created"])) if comment.get("created") else "",
         )
 
+    def _with_journal(self, record: ExternalRecord, issue: Mapping[str, Any]) -> ExternalRecord:
+        """The record with the comments its search result carried, when they are all there
+        (``total`` says; else ``list_journals`` reads them)."""
+        embedded = (issue.get("fields") or {}).get("comment")
+        if not isinstance(embedded, dict):
+            return dataclasses.replace(record, journal=None)
+        comments = embedded.get("comments")
+        if not isinstance(comments, list) or int(embedded.get("total") or 0) > len(comments):
+            return dataclasses.replace(record, journal=None)
+        entries = sorted((self._journal(c) for c in comments), key=lambda e: e.created_at)
+        return dataclasses.replace(record, journal=tuple(entries))
+
     def list_journals(self, external_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
         """Every comment of each issue, oldest first, [] for an issue without any.
 
-        One issue at a time, on purpose: Jira has no bulk read of comments by issue (``POST
+        Per issue, on purpose: Jira has no bulk read of comments by issue (``POST
         /comment/list`` takes comment ids, which we do not know), and the ``comment`` field
         of a search result is not promised to hold every comment (the enhanced search cuts
         other embedded lists, such as the changelog, short) while it makes every page heavy;
-        ``GET …/comment`` pages until ``total``, so nothing is missed."""
-        return {external_id: self.list_journal(external_id) for external_id in external_ids}
+        ``GET …/comment`` pages until ``total``, so nothing is missed. A few at once.
+        (``list_in_scope`` does ask for the ``comment`` field, and keeps it only when it
+        holds all of an issue's comments.)"""
+        return http.fetch_each(external_ids, self.list_journal, self._config.concurrency)
 
     def list_journal(self, external_id: str) -> list[JournalEntry]:
         """Every comment, oldest first, page by page (startAt / maxResults / total)."""

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from im.clock import format_time, parse_time
+from im.connectors import http
 from im.connectors.base import (
     Check,
     ConnectorConfig,
@@ -658,8 +659,8 @@ class PagerDutyConnector:
 
     def list_journals(self, external_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
         """Every note of each incident, oldest first, [] for one without notes: one request
-        per incident, as PagerDuty has no way to list the notes of several."""
-        return {external_id: self.list_journal(external_id) for external_id in external_ids}
+        per incident, as PagerDuty has no way to list the notes of several (a few at once)."""
+        return http.fetch_each(external_ids, self.list_journal, self._config.concurrency)
 
     def list_in_scope(self, created_since: datetime | None = None) -> Iterator[ExternalRecord]:
         """Incidents of the service created at or after ``created_since`` (and, as PagerDuty

@@ -604,6 +604,7 @@ class JiraSimulator(Simulator):
         # walk through pages on a frozen clock sorts once)
         self._matches: dict[tuple[Any, ...], list[SimIssue]] = {}
         self._writes = 0
+        self._last_indexed: datetime | None = None  # when the index last took a write
         # what JQL search sees: per issue, (written at, snapshot) oldest first
         self._index: dict[int, list[tuple[datetime, SimIssue]]] = {}
         self._next_issue = 10000
@@ -1047,6 +1048,7 @@ class JiraSimulator(Simulator):
         """Record what the search index will show once ``search_lag`` has passed."""
         self._writes += 1
         now = self.clock.now()
+        self._last_indexed = now
         copy = dataclasses.replace(issue, labels=list(issue.labels), comments=list(issue.comments))
         history = self._index.setdefault(issue.id, [])
         history.append((now, copy))
@@ -2040,12 +2042,18 @@ class JiraSimulator(Simulator):
         requested = self._int(None if size_value is None else str(size_value), 50, "maxResults")
         size = max(0, min(requested, limit))
         ctx = JqlContext(self, user, self.clock.now().astimezone(UTC), self._zone(user))
+        # The result depends on the time only through relative dates in the JQL and through
+        # writes not yet visible to search; otherwise every page of a listing reuses it.
+        settled = self._last_indexed is None or ctx.now - self._last_indexed > timedelta(
+            seconds=self.search_lag
+        )
+        timeless = settled and "now(" not in jql.lower() and not _RELATIVE.search(jql)
         cache_key = (
             jql,
             frozenset(reconcile),
             user.account_id,
             self._writes,
-            ctx.now,
+            None if timeless else ctx.now,
             self.search_lag,
         )
         matched = self._matches.get(cache_key)

@@ -360,7 +360,7 @@ class Reconciler:
                 record = self._fresh(listed, known[listed.id])
                 if record is not None:
                     linked.append((record, known[listed.id]))
-        entries = self._journals([r.id for r, _ in linked])
+        entries = self._journals([r for r, _ in linked])
         for record, link in linked:
             self._linked(link, record, entries.get(record.id))
         for record in records:
@@ -410,7 +410,7 @@ class Reconciler:
                     raise  # every other read would fail the same way
                 except ConnectorError as exc:
                     self._error(f"{link['external_key'] or link['external_id']}: {exc}")
-            entries = self._journals([r.id for r, _ in found])
+            entries = self._journals([r for r, _ in found])
             for record, link in found:
                 self._linked(link, record, entries.get(record.id))
             self._progress(len(batch))  # missing ones included
@@ -430,16 +430,21 @@ class Reconciler:
                 self._sleep(wait)
         raise AssertionError("unreachable")
 
-    def _journals(self, external_ids: list[str]) -> dict[str, list[JournalEntry]]:
-        if not self.journals or not external_ids:
+    def _journals(self, records: list[ExternalRecord]) -> dict[str, list[JournalEntry]]:
+        """The journal of each record: what its read brought along, else one batch read."""
+        if not self.journals or not records:
             return {}
+        known = {r.id: list(r.journal) for r in records if r.journal is not None}
+        missing = [r.id for r in records if r.journal is None]
+        if not missing:
+            return known
         try:
-            return self._read(self.connector.list_journals, external_ids)
+            return {**known, **self._read(self.connector.list_journals, missing)}
         except AuthError:
             raise
         except ConnectorError as exc:
-            self._error(f"journals of {len(external_ids)} records: {exc}")
-            return {}
+            self._error(f"journals of {len(missing)} records: {exc}")
+            return known
 
     def _error(self, line: str) -> None:
         self.report.error_count += 1

@@ -179,6 +179,11 @@ def test_search_pages_with_next_page_token(jira: JiraConnector) -> None:
     assert records[0].fields["status"] == "acknowledged"
     assert records[0].version == "2024-05-14T10:31:47.902Z"
     assert records[0].created_at == "2024-05-14T10:15:02.118Z"
+    # the listing carries every comment, so reconciliation needs no comment read
+    assert records[0].journal is not None
+    [note] = records[0].journal
+    assert (note.vendor_id, note.field, note.author) == ("10000", "work_notes", "mia@example.com")
+    assert note.body == "Lorem ipsum dolor sit amet."
 
 
 def test_documented_errors_become_typed_errors_with_jiras_text(jira: JiraConnector) -> None:
@@ -302,3 +307,12 @@ def test_deliveries_of_other_projects_or_events_are_not_ours() -> None:
         assert connector.parse_webhook(other) is None
     finally:
         connector.close()
+
+
+def test_a_listing_that_cut_the_comments_short_leaves_them_to_list_journals(
+    jira: JiraConnector,
+) -> None:
+    with _cassette("search.yaml"):
+        [record] = list(jira.list_in_scope())
+    issue = {"fields": {"comment": {"comments": [], "maxResults": 0, "total": 3, "startAt": 0}}}
+    assert jira._with_journal(record, issue).journal is None
