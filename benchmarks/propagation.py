@@ -21,36 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import OPTIONS, SECRETS, run_im
+
 from im.clock import SystemClock, format_time, parse_time
 from im.sim.server import free_port
-
-SIMS = {
-    "servicenow": ["--username", "im-integration"],
-    "jira": ["--email", "im-integration@example.com", "--project", "OPS"],
-    "pagerduty": [
-        "--from-email",
-        "im-integration@example.com",
-        "--service",
-        "PSVC001",
-        "--escalation-policy",
-        "PEP0001",
-    ],
-}
-SECRETS = {
-    "servicenow": {"IM_PASSWORD": "im-integration"},
-    "jira": {"IM_API_TOKEN": "im-integration-token"},
-    "pagerduty": {"IM_API_TOKEN": "im-integration-token"},
-}
-
-
-def _im(env: dict[str, str], *args: str, extra: dict[str, str] | None = None) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "im", *args],
-        env={**env, **(extra or {})},
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
@@ -102,8 +76,8 @@ def main() -> None:
     os.environ.update({k: env[k] for k in ("IM_DB", "XDG_CONFIG_HOME", "PYTHON_KEYRING_BACKEND")})
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        _im(env, "init")
-        for kind, options in SIMS.items():
+        run_im(env, "init")
+        for kind, options in OPTIONS.items():
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             processes.append(
@@ -115,7 +89,7 @@ def main() -> None:
                 )
             )
             _wait_ready(f"{url}/_sim/faults", processes[-1])
-            _im(
+            run_im(
                 env,
                 "integration", "create", f"bench-{kind}", "--type", kind, "--url", url, *options,
                 extra=SECRETS[kind],

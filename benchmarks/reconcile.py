@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import OPTIONS, SECRETS, run_im
+
 from im.clock import SystemClock, format_time
 from im.config.connection import open_connector
 from im.model import SCALAR_FIELDS
@@ -42,30 +44,7 @@ SIMS: dict[str, type[Simulator]] = {
     "jira": JiraSimulator,
     "pagerduty": PagerDutySimulator,
 }
-OPTIONS = {
-    "servicenow": ["--username", "im-integration"],
-    "jira": ["--email", "im-integration@example.com", "--project", "OPS"],
-    "pagerduty": [
-        "--from-email", "im-integration@example.com", "--service", "PSVC001",
-        "--escalation-policy", "PEP0001",
-    ],
-}  # fmt: skip
-SECRETS = {
-    "servicenow": {"IM_PASSWORD": "im-integration"},
-    "jira": {"IM_API_TOKEN": "im-integration-token"},
-    "pagerduty": {"IM_API_TOKEN": "im-integration-token"},
-}
 SEVERITIES = ("sev1", "sev2", "sev3", "sev4", "sev5")
-
-
-def _im(env: dict[str, str], *args: str, extra: dict[str, str] | None = None) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "im", *args],
-        env={**env, **(extra or {})},
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def _agent_edit(kind: str, sim: Simulator, external_id: str) -> None:
@@ -100,8 +79,8 @@ def _world(kind: str, count: int, drift: int, workdir: Path) -> tuple[Simulator,
     }
     os.environ.update({k: env[k] for k in ("XDG_CONFIG_HOME", "PYTHON_KEYRING_BACKEND")})
     sim = SIMS[kind]()
-    _im(env, "init")
-    _im(
+    run_im(env, "init")
+    run_im(
         env, "integration", "create", "bench", "--type", kind, "--url", "http://127.0.0.1:9",
         "--direction", "bidirectional", *OPTIONS[kind], extra=SECRETS[kind],
     )  # fmt: skip
@@ -161,7 +140,7 @@ main()
 
 def _reconcile(env: dict[str, str], url: str, db_path: str, workdir: Path) -> dict[str, Any]:
     """One dry run in its own process: wall time, its peak memory and what it found."""
-    _im(env, "integration", "configure", "bench", "--url", url)
+    run_im(env, "integration", "configure", "bench", "--url", url)
     peak_file = workdir / "peak-kb"
     started = time.monotonic()
     done = subprocess.run(

@@ -24,7 +24,8 @@ from im.sim.transport import ASGIBridge
 from im.sync.schedules import ScheduleRunner, format_interval, parse_interval
 from tests.test_daemon import Live, start_daemon, stop
 from tests.test_daemon import live as live  # the fixture
-from tests.two_way import Two, new_incident
+from tests.test_reconcile import lost_title_edit
+from tests.two_way import Two
 
 
 def history(two_im: object, name: str) -> list[dict[str, object]]:
@@ -91,16 +92,8 @@ def test_the_guides_api_call_makes_a_schedule_the_runner_runs_and_reruns(two: Tw
         api.post(f"/integrations/{integration_id}/reconcile/schedule", json={}).status_code == 401
     )
 
-    n = new_incident(two)
-    two.sync()
-    two.sims["prod-jira"].faults.update({"drop_webhooks": 1})
-    two.clock.advance(10)
-    with two.agent("prod-jira") as agent:
-        agent.put(
-            f"/rest/api/3/issue/{two.external_id('prod-jira', n)}",
-            json={"fields": {"summary": "agent title"}},
-        )
-    two.clock.advance(2)
+    n = lost_title_edit(two)
+    two.clock.advance(2)  # Jira's search shows it
     runner = ScheduleRunner(two.im.db_path, two.clock, transport_for=two.im.transport_for)
     try:
         [first] = runner.tick()
@@ -127,19 +120,37 @@ def test_the_guides_api_call_makes_a_schedule_the_runner_runs_and_reruns(two: Tw
 def test_the_api_runs_a_reconcile_and_shows_its_history(two: Two) -> None:
     token = two.im.ok("token", "create", "ops").strip()
     api = httpx.Client(
-        transport=ASGIBridge(create_api(two.im.db_path, two.clock)),
+        transport=ASGIBridge(create_api(two.im.db_path, two.clock, two.im.transport_for)),
         base_url="http://im",
         headers={"Authorization": f"Bearer {token}"},
     )
-    # the API reaches the vendors over the network: an unreachable one fails the run
-    answer = api.post("/integrations/prod-jira/reconcile", json={"auto_heal": False})
-    assert answer.status_code == 200
-    assert answer.json()["failed"] and answer.json()["run_id"] == "run-1"
+    n = lost_title_edit(two)
+    two.clock.advance(2)  # Jira's search shows it
+    answer = api.post("/integrations/prod-jira/reconcile", json={"auto_heal": True})
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert (report["run_id"], report["mode"], report["checked"], report["healed"]) == (
+        "run-1", "auto-heal", 1, 1,
+    )  # fmt: skip
+    [pulled] = report["discrepancies"]
+    assert (pulled["incident_id"], pulled["field"], pulled["action"]) == (
+        f"INC-{n}",
+        "title",
+        "pull",
+    )
+    assert two.incident(n)["title"] == "agent title"
     bad = api.post("/integrations/prod-jira/reconcile", json={"backfill": "last tuesday"})
     assert bad.status_code == 422
     assert "not a date, time or age" in bad.json()["error"]["message"]
-    [row] = api.get("/integrations/prod-jira/reconcile/history").json()
-    assert (row["run_id"], row["state"], row["trigger"]) == ("run-1", "failed", "manual")
+    two.im.ok("integration", "configure", "prod-jira", "--api-token", "revoked-token")
+    failed = api.post("/integrations/prod-jira/reconcile", json={}).json()
+    assert "401" in failed["failed"] and "revoked-token" not in failed["failed"]
+    assert failed["failed"] and failed["run_id"] == "run-2"
+    rows = api.get("/integrations/prod-jira/reconcile/history").json()
+    assert [(r["run_id"], r["state"], r["trigger"]) for r in rows] == [
+        ("run-2", "failed", "manual"),
+        ("run-1", "done", "manual"),
+    ]
 
 
 def _jira_integration(live: Live, url: str) -> None:

@@ -10,6 +10,7 @@ from im import __version__
 from im.api import conflicts, errors, incidents, integrations
 from im.api.deps import ApiSettings, principal
 from im.clock import Clock
+from im.config.connection import TransportFor
 
 PREFIX = "/api/v1"  # where `im daemon` mounts the app
 DESCRIPTION = (
@@ -21,7 +22,7 @@ DESCRIPTION = (
 )
 
 
-def create_api(db_path: Path, clock: Clock) -> FastAPI:
+def create_api(db_path: Path, clock: Clock, transport_for: TransportFor | None = None) -> FastAPI:
     """The API app over the database at ``db_path``. Paths are relative to where it is
     mounted (``/api/v1``); so is the OpenAPI document, ``openapi.json``."""
     api = FastAPI(
@@ -37,7 +38,7 @@ def create_api(db_path: Path, clock: Clock) -> FastAPI:
             503: {"description": "Busy (see Retry-After) or unavailable"},
         },
     )
-    api.state.im = ApiSettings(db_path, clock)
+    api.state.im = ApiSettings(db_path, clock, transport_for)
     authenticated = [Depends(principal)]
     api.include_router(incidents.router, dependencies=authenticated)
     api.include_router(integrations.router, dependencies=authenticated)

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlite_utils import Database
 
 from im.clock import Clock
+from im.config.connection import TransportFor
 from im.security import tokens
 from im.store import open_database
 
@@ -20,6 +21,8 @@ from im.store import open_database
 class ApiSettings:
     db_path: Path
     clock: Clock
+    # how routes that reach external systems do (None: the network); tests pass simulators
+    transport_for: TransportFor | None = None
 
 
 def settings(request: Request) -> ApiSettings:
@@ -39,6 +42,10 @@ def database(request: Request) -> Iterator[Database]:
 
 def clock(request: Request) -> Clock:
     return settings(request).clock
+
+
+def transports(request: Request) -> TransportFor | None:
+    return settings(request).transport_for
 
 
 bearer = HTTPBearer(
@@ -61,4 +68,5 @@ def principal(
 
 Db = Annotated[Database, Depends(database)]
 Now = Annotated[Clock, Depends(clock)]
+Transports = Annotated["TransportFor | None", Depends(transports)]
 Actor = Annotated[str, Depends(principal)]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from im.api.deps import Actor, Db, Now
+from im.api.deps import Actor, Db, Now, Transports
 from im.api.models import (
     CheckOut,
     CheckReportOut,
@@ -123,7 +123,9 @@ def discard_dlq_entry(db: Db, clock: Now, ref: Ref, entry: Entry) -> DeadEntryAc
 
 
 @router.post("/{ref}/reconcile", summary="Reconcile now: find (and heal) drift")
-def run_reconcile(db: Db, clock: Now, ref: Ref, body: ReconcileRun) -> ReconcileReportOut:
+def run_reconcile(
+    db: Db, clock: Now, transport_for: Transports, ref: Ref, body: ReconcileRun
+) -> ReconcileReportOut:
     """Runs to the end before answering. Another run of the integration in progress is a
     409; a run that failed is reported with ``failed`` set."""
     integration = config.find(db, ref)
@@ -131,7 +133,7 @@ def run_reconcile(db: Db, clock: Now, ref: Ref, body: ReconcileRun) -> Reconcile
     options = reconcile.Options(
         auto_heal=body.auto_heal, recreate_missing=body.recreate_missing, backfill_since=since
     )
-    report = reconcile.run(db, clock, integration, options)
+    report = reconcile.run(db, clock, integration, options, transport_for=transport_for)
     return ReconcileReportOut(**report.as_json())
 
 

@@ -260,8 +260,9 @@ class DiscrepancyOut(BaseModel):
     external_value: str
     snapshot_value: str | None = Field(description="What both sides last agreed on.")
     action: str = Field(
-        description="push, pull, shadowed, blocked-by-direction, held, conflict, "
-        "missing-external, create-platform, append-journal, link or duplicate-external."
+        description="push, pull, shadowed, blocked-by-direction, held, conflict, refused, "
+        "missing-external, out-of-scope, create-platform, append-journal, link or "
+        "duplicate-external."
     )
     reason: str
 

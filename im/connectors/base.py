@@ -193,6 +193,11 @@ class Connector(Protocol):
         vendor cannot filter precisely: callers compare versions)."""
         ...
 
+    def in_scope(self, external_ids: Sequence[str]) -> set[str]:
+        """Which of these records match the integration's scope now (ids of records that are
+        gone or out of scope are simply absent). Batched: a few requests for many ids."""
+        ...
+
     def resolve_user(self, email: str) -> str | None:
         """The vendor's id for a user's email (cached), or None when there is none."""
         ...

@@ -132,6 +132,7 @@ SEARCH_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
 DEFAULT_PAGE_SIZE = 50  # search/jql's default maxResults
 COMMENT_PAGE_SIZE = 100  # getComments' default maxResults
 RECONCILE_LIMIT = 50  # reconcileIssues accepts at most 50 ids
+ID_BATCH = 100  # issue ids per ``id in (…)`` search of in_scope
 # JQL date literals have minute precision: list changes from a minute earlier than asked
 JQL_OVERLAP = timedelta(minutes=1)
 # The full listing's order: creation (which no edit changes) with the key breaking ties, so
@@ -148,6 +149,8 @@ REQUIRED_PERMISSIONS: dict[str, str] = {
 }
 SECRET_PLACEHOLDER = "<webhook-secret>"
 _CORRELATION_PREFIX = "im:"
+# Jira's refusal of an ``id in (…)`` naming an issue that is gone or hidden from the account
+_ABSENT_ID = re.compile(r"A value with ID '(\d+)' does not exist for the field")
 
 
 # -- text and ADF --------------------------------------------------------------------------------
@@ -680,26 +683,58 @@ class JiraConnector:
         local = (moment - JQL_OVERLAP).astimezone(self._time_zone())
         return f'{field} >= "{local:%Y-%m-%d %H:%M}"'
 
+    def in_scope(self, external_ids: Sequence[str]) -> set[str]:
+        """The issues among ``external_ids`` that match the scope now: ``<scope> AND id in
+        (…)`` per ID_BATCH ids, asking for ids only. Jira refuses a query naming an issue that
+        does not exist or that the account cannot see, and names it ("A value with ID '…'
+        does not exist for the field 'id'."): such ids are absent, and the query is asked
+        again without them (the error text is cut short, so many deleted issues take a few
+        more). An id that is not a number names no issue."""
+        wanted = [i for i in dict.fromkeys(external_ids) if i.isascii() and i.isdigit()]
+        found: set[str] = set()
+        for start in range(0, len(wanted), ID_BATCH):
+            chunk = wanted[start : start + ID_BATCH]
+            while chunk:
+                jql = f"{self._scope()} AND id in ({', '.join(chunk)})"
+                try:
+                    found.update(str(issue.get("id")) for issue in self._found(jql, ["id"]))
+                    break
+                except http.PermanentError as exc:
+                    absent = set(_ABSENT_ID.findall(exc.message)) & set(chunk)
+                    if exc.status != 400 or not absent:
+                        raise
+                    chunk = [i for i in chunk if i not in absent]
+        return found & set(wanted)
+
     def _search(
         self, jql: str, limit: int | None = None, journal: bool = False
     ) -> Iterator[ExternalRecord]:
         """Issues matching ``jql``; with ``journal``, each with its comments when the answer
         holds all of them."""
+        fields = self._issue_fields() + (["comment"] if journal else [])
+        for issue in self._found(jql, fields, limit):
+            record = self._record(issue)
+            yield self._with_journal(record, issue) if journal else record
+
+    def _found(
+        self, jql: str, fields: list[str], limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The issues matching ``jql`` as search/jql gives them (with ``fields``), page by
+        page (``nextPageToken``); with ``limit``, the first page only, at most that many. The
+        issues this connector wrote recently are named in ``reconcileIssues``."""
         token: str | None = None
         while True:
             body: dict[str, Any] = {
                 "jql": jql,
                 "maxResults": min(self._page_size, limit) if limit else self._page_size,
-                "fields": self._issue_fields() + (["comment"] if journal else []),
+                "fields": fields,
             }
             if self._recent:
                 body["reconcileIssues"] = [int(i) for i in self._recent]
             if token:
                 body["nextPageToken"] = token
             page = self._json("POST", f"{API}/search/jql", json=body)
-            for issue in page.get("issues") or []:
-                record = self._record(issue)
-                yield self._with_journal(record, issue) if journal else record
+            yield from page.get("issues") or []
             token = page.get("nextPageToken")
             if limit or page.get("isLast", not token) or not token:
                 return

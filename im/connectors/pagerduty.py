@@ -678,6 +678,22 @@ class PagerDutyConnector:
             if record.updated_at >= cutoff:
                 yield record
 
+    def in_scope(self, external_ids: Sequence[str]) -> set[str]:
+        """The incidents among ``external_ids`` that belong to the service now. PagerDuty
+        cannot list incidents by id, so each is read (``GET /incidents/{id}``), a few at a
+        time; one that is gone (404) is absent."""
+        wanted = [i for i in dict.fromkeys(external_ids) if i]
+        services = http.fetch_each(wanted, self._service_of, self._config.concurrency)
+        return {i for i, service in services.items() if service == self._service}
+
+    def _service_of(self, external_id: str) -> str | None:
+        """The id of the service the incident belongs to; None when it is gone."""
+        try:
+            incident = self._request("GET", self._path(external_id))["incident"]
+        except RecordNotFoundError:
+            return None
+        return str((incident.get("service") or {}).get("id") or "")
+
     def _incidents(self, created_since: datetime | None = None) -> Iterator[dict[str, Any]]:
         """The service's incidents by creation time. Without ``created_since``,
         ``date_range=all`` pages while offset + limit stays within PagerDuty's 10,000; past

@@ -138,8 +138,8 @@ JOURNAL_MATCH_SLACK = timedelta(seconds=5)
 SN_TIME = "%Y-%m-%d %H:%M:%S"
 JOURNAL_ORDER = ("work_notes", "comments")  # the order the Business Rule reports new entries in
 JOURNAL_COLUMNS = "sys_id,element,element_id,value,sys_created_on,sys_created_by"
-# ids per sys_journal_field query of list_journals: 100 sys_ids keep the URL near 3.5 KB
-JOURNAL_BATCH = 100
+# sys_ids per ``…IN`` query (list_journals, in_scope): 100 keep the URL near 3.5 KB
+ID_BATCH = 100
 # Creation order with sys_id breaking ties (many incidents share a second): offset paging is
 # stable while incidents change, and so never skips or repeats one.
 CREATION_ORDER = "ORDERBYsys_created_on^ORDERBYsys_id"
@@ -182,6 +182,13 @@ def _and_each(query: str, before: Sequence[str], after: Sequence[str] = ()) -> s
     it."""
     branches = _branches(query) or [""]
     return "^NQ".join("^".join(c for c in (*before, b, *after) if c) for b in branches)
+
+
+def _id_lists(ids: Sequence[str]) -> Iterator[str]:
+    """``ids`` (each once) as the comma lists of ``…IN`` conditions, ID_BATCH at a time."""
+    wanted = list(dict.fromkeys(ids))
+    for start in range(0, len(wanted), ID_BATCH):
+        yield ",".join(_literal(i) for i in wanted[start : start + ID_BATCH])
 
 
 def _sn_time(moment: datetime) -> str:
@@ -651,12 +658,9 @@ class ServiceNowConnector:
 
     def list_journals(self, external_ids: Sequence[str]) -> dict[str, list[JournalEntry]]:
         """Every work note and comment of several incidents, one ``sys_journal_field`` query
-        (paged) per JOURNAL_BATCH ids; each list oldest first, [] for an incident without
-        any."""
+        (paged) per ID_BATCH ids; each list oldest first, [] for an incident without any."""
         result: dict[str, list[JournalEntry]] = {i: [] for i in external_ids}
-        wanted = list(result)
-        for start in range(0, len(wanted), JOURNAL_BATCH):
-            chunk = ",".join(_literal(i) for i in wanted[start : start + JOURNAL_BATCH])
+        for chunk in _id_lists(list(result)):
             for row in self._journal_rows(f"element_idIN{chunk}"):
                 entries = result.get(_value(row, "element_id"))
                 if entries is not None:
@@ -690,6 +694,17 @@ class ServiceNowConnector:
         query = self._scoped(condition, order="ORDERBYsys_updated_on^ORDERBYsys_id")
         for raw in self._pages(INCIDENT, query, self._read_columns()):
             yield self._record(raw)
+
+    def in_scope(self, external_ids: Sequence[str]) -> set[str]:
+        """The incidents among ``external_ids`` that match the scope now: one query (paged,
+        sys_ids only) per ID_BATCH ids, ``sys_idIN…`` ANDed into the scope as the listings
+        do. Incidents that are gone simply do not match."""
+        wanted = set(external_ids)
+        found: set[str] = set()
+        for chunk in _id_lists([i for i in external_ids if i]):
+            query = self._scoped(f"sys_idIN{chunk}", order="ORDERBYsys_id")
+            found.update(_value(row, "sys_id") for row in self._pages(INCIDENT, query, "sys_id"))
+        return found & wanted
 
     def resolve_user(self, email: str) -> str | None:
         """The ``sys_user`` sys_id for an email (found ones are cached), or None."""

@@ -186,7 +186,12 @@ class Refusal(Exception):
 
 
 class JqlError(Exception):
-    pass
+    """A query Jira refuses; ``messages`` are its errorMessages (Jira names every bad value
+    of a list at once)."""
+
+    def __init__(self, *messages: str) -> None:
+        super().__init__(*messages)
+        self.messages = list(messages)
 
 
 # -- ADF <-> text, as Jira renders the REST v2 representation ------------------------------------
@@ -260,6 +265,8 @@ _KEYWORDS = {"and", "or", "not", "in", "is", "empty", "null", "order", "by", "as
 _RELATIVE = re.compile(r"([+-]?)\s*(\d+)\s*([wdhm])")
 _DATE_FORMATS = ("%Y-%m-%d %H:%M", "%Y/%m/%d %H:%M", "%Y-%m-%d", "%Y/%m/%d")
 _DATE_FIELDS = {"created", "createddate", "updated", "updateddate", "resolved", "resolutiondate"}
+# names of one clause: an issue by its id or its key
+_ISSUE_FIELDS = {"id", "key", "issuekey"}
 _TEXT_FIELDS = {"summary", "description", "comment", "text"}
 
 
@@ -453,8 +460,14 @@ class JqlParser:
                 values.append(self.value())
             if token.text != ")":
                 raise JqlError("Error in the JQL Query: Expecting ')' after a list.")
+            refused: list[str] = []
             for value in values:
-                self.validate(name, value)
+                try:
+                    self.validate(name, value)
+                except JqlError as exc:
+                    refused += exc.messages
+            if refused:
+                raise JqlError(*refused)
             return _clause(name, op, values)
         if op not in ("=", "!=", "~", "!~", ">", ">=", "<", "<="):
             raise JqlError(
@@ -702,14 +715,19 @@ class JiraSimulator(Simulator):
         return permission not in self.denied.get(user.email.lower(), set())
 
     def _issue(self, ref: str, user: JiraUser) -> SimIssue:
+        issue = self._visible(ref, user)
+        if issue is None:
+            raise Refusal(404, [ISSUE_NOT_FOUND])
+        return issue
+
+    def _visible(self, ref: str, user: JiraUser) -> SimIssue | None:
+        """The issue with that id or key, if it exists and ``user`` may see it."""
         issue: SimIssue | None = None
         if ref.isdigit():
             issue = self.issues.get(int(ref))
         elif (number := self._keys.get(ref.upper())) is not None:
             issue = self.issues.get(number)
-        if issue is None or not self._can(user, "BROWSE_PROJECTS"):
-            raise Refusal(404, [ISSUE_NOT_FOUND])
-        return issue
+        return issue if issue is not None and self._can(user, "BROWSE_PROJECTS") else None
 
     def _now(self) -> datetime:
         now = self.clock.now().astimezone(UTC)
@@ -965,10 +983,8 @@ class JiraSimulator(Simulator):
             account = issue.assignee if field_name == "assignee" else issue.reporter
             user = self.user_by_id(account) if account else None
             return [user.account_id, user.email] if user else []
-        if field_name in ("key", "issuekey"):
-            return [issue.key]
-        if field_name == "id":
-            return [str(issue.id)]
+        if field_name in _ISSUE_FIELDS:
+            return [str(issue.id), issue.key]
         if field_name == "resolution":
             return [issue.resolution["name"], issue.resolution["id"]] if issue.resolution else []
         if field_name in ("created", "createddate"):
@@ -992,14 +1008,23 @@ class JiraSimulator(Simulator):
             "severity",
         )
 
-    def validate_jql(self, name: str, value: Any) -> None:
+    def validate_jql(self, name: str, value: Any, user: JiraUser | None = None) -> None:
         """Refuse a literal Jira would refuse before searching: unknown projects and
-        functions, dates it cannot read. Raises JqlError."""
-        probe = JqlContext(self, self.users[0], self.clock.now(), ZoneInfo("UTC"))
+        functions, dates it cannot read, issues (by id or key) that do not exist or that
+        ``user`` cannot see. Raises JqlError."""
+        probe = JqlContext(self, user or self.users[0], self.clock.now(), ZoneInfo("UTC"))
         if name.lower() in _DATE_FIELDS:
             self.jql_date(value, name, probe)
-        else:
-            self.jql_value(value, name, probe)
+            return
+        resolved = self.jql_value(value, name, probe)
+        if name.lower() in _ISSUE_FIELDS and isinstance(resolved, str):
+            ref = resolved.strip()
+            if self._visible(ref, probe.user) is None:
+                raise JqlError(
+                    f"A value with ID '{ref}' does not exist for the field '{name}'."
+                    if ref.isdigit()
+                    else f"An issue with key '{ref}' does not exist for field '{name}'."
+                )
 
     def jql_value(self, value: Any, name: str, ctx: JqlContext) -> Any:
         if isinstance(value, tuple) and value[:1] == ("function",):
@@ -2028,9 +2053,11 @@ class JiraSimulator(Simulator):
         if len(reconcile) > RECONCILE_MAX:
             raise Refusal(400, [f"reconcileIssues accepts at most {RECONCILE_MAX} issue ids."])
         try:
-            predicate, order = JqlParser(jql, self.known_field, self.validate_jql).parse()
+            predicate, order = JqlParser(
+                jql, self.known_field, lambda name, value: self.validate_jql(name, value, user)
+            ).parse()
         except JqlError as exc:
-            raise Refusal(400, [str(exc)]) from None
+            raise Refusal(400, exc.messages) from None
         if predicate is None:
             raise Refusal(400, [UNBOUNDED_JQL])
         unsortable = [name for name, _ in order if name not in _SORTABLE]
@@ -2065,7 +2092,7 @@ class JiraSimulator(Simulator):
                 for name, descending in reversed(order or [("key", True)]):
                     matched.sort(key=lambda i: self._sort_key(i, name, ctx), reverse=descending)
             except JqlError as exc:
-                raise Refusal(400, [str(exc)]) from None
+                raise Refusal(400, exc.messages) from None
             self._matches = {cache_key: matched}
         fingerprint = hashlib.sha1(jql.encode()).hexdigest()[:16]
         offset = 0

@@ -18,7 +18,9 @@ for a title or urgency change); retries on timeouts, 5xx and 429 for 48 hours, o
 dropped; three dropped deliveries in a row disable the subscription (24 h, or until
 ``POST /webhook_subscriptions/{id}/enable``).
 
-Simplifications, on purpose: one service and one webhook subscription at a time; nobody is on
+Services: the one im syncs (``service``) and others (``other_services``) whose incidents are
+outside its scope; a subscription delivers the events of its service only. Simplifications, on
+purpose: one webhook subscription at a time; an incident stays on its service; nobody is on
 call, so an incident assigned to an escalation policy has no assignees; a resolved incident
 keeps its assignees (PagerDuty empties them); times carry milliseconds.
 """
@@ -58,6 +60,9 @@ DEFAULT_USERS: tuple[dict[str, str], ...] = (
     {"email": "bob@example.com", "name": "Bob Example", "job_title": "Database engineer"},
 )
 DEFAULT_SERVICE = "PSVC001"
+SERVICE_NAME = "im simulator service"
+# another team's service: incidents on it are outside an integration with DEFAULT_SERVICE
+DEFAULT_OTHER_SERVICES: dict[str, str] = {"PSVC002": "Another team's service"}
 DEFAULT_POLICIES: dict[str, str] = {"PEP0001": "Default", "PEP0002": "Database on-call"}
 DEFAULT_PRIORITIES: dict[str, str] = {
     "P1": "Critical issue that warrants public notification and liaison with executive teams",
@@ -122,6 +127,7 @@ class _Incident:
     policy: str
     assignees: list[tuple[str, datetime]]  # (user id, assigned at)
     key: str
+    service: str  # service id
     created_at: datetime
     updated_at: datetime
     changed_by: str  # user id of the last status change
@@ -176,6 +182,7 @@ class PagerDutySimulator(Simulator):
         tokens: Mapping[str, str] | None = None,
         users: Sequence[Mapping[str, str]] | None = None,
         service: str = DEFAULT_SERVICE,
+        other_services: Mapping[str, str] | None = None,
         escalation_policies: Mapping[str, str] | None = None,
         priorities: Mapping[str, str] | None = None,
         old_webhook_secrets: Sequence[str] = (),
@@ -186,8 +193,10 @@ class PagerDutySimulator(Simulator):
         **options: Any,
     ) -> None:
         """``tokens``: API token -> its user's email; ``users``: email, name and optionally
-        role, job_title, description; ``priorities``: name -> description (empty: an account
-        without priorities, answering 402); ``old_webhook_secrets``: secrets still signing
+        role, job_title, description; ``service``: the id of im's service;
+        ``other_services``: id -> name of the account's other services (default: one);
+        ``priorities``: name -> description (empty: an account without priorities,
+        answering 402); ``old_webhook_secrets``: secrets still signing
         during a rotation; ``requests_per_minute``: enforce PagerDuty's rate limit (off by
         default, so a frozen clock does not starve tests); ``seed_incidents``: incidents that
         exist at start, one a second up to now; ``range_by_date``: honour only the date (UTC)
@@ -197,6 +206,8 @@ class PagerDutySimulator(Simulator):
         self.webhooks = _Deliveries(self)
         self.tokens = dict(DEFAULT_TOKENS if tokens is None else tokens)
         self.service = service
+        others = DEFAULT_OTHER_SERVICES if other_services is None else other_services
+        self.services = {**others, service: SERVICE_NAME}  # id -> name
         self.policies = dict(
             DEFAULT_POLICIES if escalation_policies is None else escalation_policies
         )
@@ -266,6 +277,7 @@ class PagerDutySimulator(Simulator):
                 policy=policy,
                 assignees=[],
                 key=f"seed-{self._numbers}",
+                service=self.service,
                 created_at=moment,
                 updated_at=moment,
                 changed_by="",
@@ -344,6 +356,7 @@ class PagerDutySimulator(Simulator):
             "accounts": [{"token": token, "user": email} for token, email in self.tokens.items()],
             "users": sorted(u["email"] for u in self.users.values()),
             "service": self.service,
+            "other services": [s for s in self.services if s != self.service],
             "escalation_policies": list(self.policies),
             "priorities": [p["name"] for p in self.priorities.values()] or "none (402)",
             "webhook subscription": (self.subscription or {}).get("id", "none"),
@@ -504,8 +517,8 @@ class PagerDutySimulator(Simulator):
             base, "escalation_policy", policy, self.policies.get(policy, ""), "escalation_policies"
         )
 
-    def _service_ref(self, base: str) -> dict[str, Any]:
-        return self._ref(base, "service", self.service, "im simulator service", "services")
+    def _service_ref(self, base: str, service: str) -> dict[str, Any]:
+        return self._ref(base, "service", service, self.services.get(service, ""), "services")
 
     def _priority_ref(self, base: str, priority: str | None) -> dict[str, Any] | None:
         if priority is None or priority not in self.priorities:
@@ -543,7 +556,7 @@ class PagerDutySimulator(Simulator):
             "updated_at": format_time(inc.updated_at),
             "status": inc.status,
             "incident_key": inc.key,
-            "service": self._service_ref(base),
+            "service": self._service_ref(base, inc.service),
             "assignments": [
                 {"at": format_time(at), "assignee": self._user_ref(base, user)}
                 for user, at in inc.assignees
@@ -588,7 +601,7 @@ class PagerDutySimulator(Simulator):
             "incident_key": inc.key,
             "created_at": format_time(inc.created_at),
             "title": inc.title,
-            "service": self._service_ref(base),
+            "service": self._service_ref(base, inc.service),
             "assignees": [self._user_ref(base, user) for user, _ in inc.assignees],
             "escalation_policy": self._policy_ref(base, inc.policy),
             "teams": [],
@@ -607,6 +620,8 @@ class PagerDutySimulator(Simulator):
         sub = self.subscription
         if sub is None or event_type not in sub["events"]:
             return
+        if self.incidents[incident].service != sub["filter"]["id"]:
+            return  # the subscription is for another service
         event_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         payload = {
             "event": {
@@ -676,7 +691,7 @@ class PagerDutySimulator(Simulator):
         found = list(self.incidents.values())
         services = query.getlist("service_ids[]")
         if services:
-            found = [i for i in found if self.service in services]
+            found = [i for i in found if i.service in services]
         if query.getlist("team_ids[]"):
             found = []  # nothing here belongs to a team
         if statuses := query.getlist("statuses[]"):
@@ -763,8 +778,9 @@ class PagerDutySimulator(Simulator):
             raise _bad("incident type must be incident")
         title = self._title(data.get("title"))
         service = data.get("service")
-        if not isinstance(service, dict) or service.get("id") != self.service:
+        if not isinstance(service, dict) or service.get("id") not in self.services:
             raise _bad("Service not found")
+        service_id = str(service["id"])
         urgency = self._urgency(data.get("urgency", "high"))
         priority = self._priority_id(data.get("priority"))
         if data.get("assignments") and data.get("escalation_policy"):
@@ -781,7 +797,10 @@ class PagerDutySimulator(Simulator):
         key = data.get("incident_key")
         if key is not None and not isinstance(key, str):
             raise _bad("incident_key must be a string")
-        if key and any(i.key == key and i.status != "resolved" for i in self.incidents.values()):
+        if key and any(
+            i.key == key and i.service == service_id and i.status != "resolved"
+            for i in self.incidents.values()
+        ):
             raise _bad(DUPLICATE_KEY)
         now = self.clock.now()
         self._numbers += 1
@@ -795,6 +814,7 @@ class PagerDutySimulator(Simulator):
             policy=policy,
             assignees=[(u, now) for u in assignees],
             key=key or self.random_hex(32),
+            service=service_id,
             created_at=now,
             updated_at=now,
             changed_by=user["id"],
@@ -946,16 +966,17 @@ class PagerDutySimulator(Simulator):
         return JSONResponse({"user": self._user_json(self._base(request), user_id)})
 
     async def _get_service(self, request: Request, user: dict[str, Any]) -> Response:
-        if request.path_params["id"] != self.service:
+        service = request.path_params["id"]
+        if service not in self.services:
             raise _Invalid(404, "Not Found")
         base = self._base(request)
         policy = next(iter(self.policies), "")
         return JSONResponse(
             {
                 "service": {
-                    **self._service_ref(base),
+                    **self._service_ref(base, service),
                     "type": "service",
-                    "name": "im simulator service",
+                    "name": self.services[service],
                     "description": "Incidents synced with im",
                     "status": "active",
                     "auto_resolve_timeout": None,
@@ -982,7 +1003,7 @@ class PagerDutySimulator(Simulator):
                     "name": self.policies[policy],
                     "description": "",
                     "escalation_rules": [],
-                    "services": [self._service_ref(base)],
+                    "services": [self._service_ref(base, self.service)],
                     "num_loops": 0,
                     "on_call_handoff_notifications": "if_has_services",
                     "teams": [],

@@ -67,11 +67,13 @@ def put_schedule(db: Database, values: dict[str, Any]) -> None:
 
 
 def due_schedules(db: Database, now: str) -> list[dict[str, Any]]:
+    """Enabled schedules of enabled integrations whose time has come (a disabled integration
+    keeps its schedule and runs again once enabled)."""
     return list(
         db.query(
             "SELECT s.*, i.name AS integration FROM reconcile_schedules s "
             "JOIN integrations i ON i.id = s.integration_id "
-            "WHERE s.enabled = 1 AND s.next_run_at <= ? ORDER BY s.next_run_at",
+            "WHERE s.enabled = 1 AND i.enabled = 1 AND s.next_run_at <= ? ORDER BY s.next_run_at",
             [now],
         )
     )

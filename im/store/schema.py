@@ -365,6 +365,27 @@ def _reconcile(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0008_drift_times")
+def _drift_times(db: Database) -> None:
+    # A concurrent edit the dispatcher left in place, with the latest time it can have been
+    # made (the record's update time when it was read): reconciliation judges "the later
+    # change" by it rather than by the record's newest update, which any other field moves.
+    _run(
+        db,
+        """
+        CREATE TABLE external_sightings (
+            integration_id INTEGER NOT NULL REFERENCES integrations(id) ON DELETE CASCADE,
+            incident_id INTEGER NOT NULL REFERENCES incidents(id) ON DELETE CASCADE,
+            field TEXT NOT NULL,
+            value TEXT NOT NULL,
+            seen_at TEXT NOT NULL,
+            PRIMARY KEY (integration_id, incident_id, field)
+        );
+        CREATE INDEX conflicts_field ON conflicts(incident_id, integration_id, field, id)
+        """,
+    )
+
+
 def pending(db: Database) -> list[str]:
     return [m.name for m in MIGRATIONS.pending(db)]
 

@@ -94,3 +94,26 @@ def newest_version(db: Database, integration_id: int, incident_id: int) -> str |
         [integration_id, incident_id],
     ).fetchone()
     return str(row[0]) if row and row[0] is not None else None
+
+
+def sighted(
+    db: Database, integration_id: int, incident_id: int, field: str, value: str, at: str
+) -> None:
+    """The dispatcher left an external value in place (a concurrent edit): remember the
+    earliest read that showed it, and the record's update time then."""
+    db.execute(
+        "INSERT INTO external_sightings (integration_id, incident_id, field, value, seen_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (integration_id, incident_id, field) DO UPDATE SET "
+        "value = excluded.value, seen_at = excluded.seen_at WHERE value != excluded.value",
+        [integration_id, incident_id, field, value, at],
+    )
+
+
+def sighting(db: Database, integration_id: int, incident_id: int, field: str) -> Snapshot | None:
+    """The value last left in place and the latest time it can have been made, or None."""
+    row = db.execute(
+        "SELECT value, seen_at FROM external_sightings WHERE integration_id = ? "
+        "AND incident_id = ? AND field = ?",
+        [integration_id, incident_id, field],
+    ).fetchone()
+    return Snapshot(row[0], row[1]) if row else None

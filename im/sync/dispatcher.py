@@ -94,6 +94,7 @@ class Result:
     record: ExternalRecord | None = None
     sent: dict[str, str] = field(default_factory=dict)  # field -> normalised value sent
     kept_external: dict[str, str] = field(default_factory=dict)  # newer external edits kept
+    kept_seen_at: str = ""  # the record's update time when those were read
     journal: dict[int, str] = field(default_factory=dict)  # entry id -> vendor id
     error: ConnectorError | None = None
     released: bool = False  # not sent at all (shutdown)
@@ -343,6 +344,7 @@ class Dispatcher:
             )
             if concurrent and bidirectional:
                 result.kept_external[name] = theirs or ""
+                result.kept_seen_at = current.updated_at
                 continue
             if theirs == ours:  # already so: nothing to write, still acknowledged
                 result.sent[name] = ours
@@ -419,6 +421,11 @@ class Dispatcher:
                 )
             for entry_id, vendor_id in result.journal.items():
                 snapshots.link_entry(self.db, integration_id, entry_id, vendor_id, stamp)
+            for name, value in result.kept_external.items():
+                if result.kept_seen_at:
+                    snapshots.sighted(
+                        self.db, integration_id, job.incident.id, name, value, result.kept_seen_at
+                    )
             if result.error is None:
                 rows.finish(self.db, row["id"], stamp)
                 sync_state.count(self.db, integration_id, "outbound_success")

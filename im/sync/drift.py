@@ -23,6 +23,8 @@ CREATE_PLATFORM = "create-platform"
 APPEND_JOURNAL = "append-journal"
 LINK = "link"
 DUPLICATE = "duplicate-external"
+REFUSED = "refused"  # a pull the platform cannot take (closed is final, not an email, ...)
+OUT_OF_SCOPE = "out-of-scope"  # a linked record that left the integration's scope
 # a concurrent change on a bidirectional integration: the conflict rules decide (SPEC §6)
 CONCURRENT = "concurrent"
 
@@ -70,6 +72,8 @@ def decide_field(state: FieldState) -> Decision | None:
     if state.owner is Owner.PLATFORM:
         return _push(state, "the platform owns it")
     if state.owner is Owner.EXTERNAL:
+        if not state.direction.receives:
+            return _blocked(state.direction, PULL)
         if state.shadowed_by is not None:
             return Decision(SHADOWED, f"{state.shadowed_by} owns it with a higher priority")
         return _pull(state, "this integration owns it")
@@ -109,21 +113,32 @@ def diff_journal(
     platform: Sequence[PlatformEntry],
     external: Sequence[JournalEntry],
     normalise: Callable[[str, str], str],
+    sending: Sequence[PlatformEntry] = (),
 ) -> JournalDiff:
     """Pair unlinked entries of the same kind and text, oldest first; the rest are missing on
-    the other side. Both sequences hold only entries not linked yet."""
-    matched: list[tuple[int, str]] = []
+    the other side. Every sequence holds only entries not linked yet. ``sending`` are ours
+    still in the outbox: a copy there is one of them arriving (an attempt whose answer was
+    lost, a send under way), so it is neither missing here nor linked by us."""
     remaining = list(external)
-    platform_only: list[PlatformEntry] = []
-    for entry in platform:
+
+    def twin(entry: PlatformEntry) -> JournalEntry | None:
         text = normalise(entry.kind, entry.body)
-        twin = next(
+        found = next(
             (e for e in remaining if e.field == entry.kind and normalise(e.field, e.body) == text),
             None,
         )
-        if twin is None:
+        if found is not None:
+            remaining.remove(found)
+        return found
+
+    for entry in sending:
+        twin(entry)
+    matched: list[tuple[int, str]] = []
+    platform_only: list[PlatformEntry] = []
+    for entry in platform:
+        found = twin(entry)
+        if found is None:
             platform_only.append(entry)
         else:
-            remaining.remove(twin)
-            matched.append((entry.id, twin.vendor_id))
+            matched.append((entry.id, found.vendor_id))
     return JournalDiff(matched, remaining, platform_only)

@@ -19,6 +19,7 @@ One run per integration at a time, across processes: a lock file beside the data
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -44,7 +45,7 @@ from im.connectors.http import (
     RecordNotFoundError,
     RetryableError,
 )
-from im.errors import ImError, InProgressError, ValidationError
+from im.errors import ImError, InProgressError, StateError, ValidationError
 from im.model import (
     JOURNAL_FIELDS,
     ConflictStrategy,
@@ -53,6 +54,7 @@ from im.model import (
     Owner,
     check_transition,
     incident_display_id,
+    validate_field,
 )
 from im.store import conflicts as conflict_rows
 from im.store import incidents as incident_rows
@@ -180,6 +182,11 @@ def run(
     """One reconcile run of ``integration``, recorded in its history. Raises
     InProgressError when another run of it holds the lock; a run that fails after starting
     is recorded and returned with ``failed`` set."""
+    if options.auto_heal and not integration["enabled"]:
+        raise StateError(
+            f"{integration['name']} is disabled: it sends and applies nothing",
+            "enable it first (`im integration configure NAME --enable`), or use --dry-run",
+        )
     path = lock_path(db, integration["id"])
     if path is None:  # an in-memory database: no other process can share it
         return _locked_run(db, clock, integration, options, transport_for, sleep, progress, stop)
@@ -235,6 +242,9 @@ def _locked_run(
     except Exception as exc:  # recorded, never lost: the message could carry anything
         report.failed = f"internal error ({type(exc).__name__})"
         raise
+    except BaseException:  # Ctrl-C, or the process told to stop
+        report.failed = "interrupted"
+        raise
     finally:
         cache.close()
         with write(db):
@@ -276,6 +286,31 @@ def parse_since(text: str, now: datetime) -> datetime:
         ) from None
 
 
+def _refusal(incident: Incident, name: str, value: str) -> str | None:
+    """Why the platform cannot take an external value (its status machine, its rules for
+    the field), or None."""
+    try:
+        validate_field(name, value)
+        if name == "status":
+            check_transition(incident.status, value)
+    except ImError as exc:
+        return exc.message
+    return None
+
+
+_ISO = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z")
+
+
+def _older(version: str, than: str) -> bool:
+    """Whether a record's version is older than a synced one. A time with whole seconds
+    compares to the second (PagerDuty's records have whole seconds, its webhooks
+    milliseconds: the same change must not look newer than itself)."""
+    whole = version.endswith(".000Z") or than.endswith(".000Z")
+    if whole and _ISO.fullmatch(version) and _ISO.fullmatch(than):
+        return version[:19] < than[:19]
+    return version < than
+
+
 def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
@@ -300,6 +335,7 @@ class Reconciler:
         self.report = report
         self._sleep: Callable[[float], None] = time.sleep
         self._progress: Progress = lambda advance: None
+        self._stop: Callable[[], bool] = lambda: False
         self.direction = Direction(integration["direction"])
         table = mapping.mappings(
             integration["type"],
@@ -338,15 +374,48 @@ class Reconciler:
         db = self.db
         db.execute("CREATE TEMP TABLE IF NOT EXISTS reconcile_seen (link_id INTEGER PRIMARY KEY)")
         db.execute("DELETE FROM temp.reconcile_seen")
+        self._stop = stop or (lambda: False)
         try:
-            listing = self.connector.list_in_scope(created_since=self.cutoff)
-            for page in _chunks(listing, BATCH):
+            for page in _chunks(self._listing(), BATCH):
                 self._page(page)
-                if stop is not None and stop():
-                    raise ImError("stopped before the end: the daemon is shutting down")
+                self._check_stop()
             self._unseen()
         finally:
             db.execute("DELETE FROM temp.reconcile_seen")
+
+    def _check_stop(self) -> None:
+        if self._stop():
+            raise ImError("stopped before the end: the daemon is shutting down")
+
+    def _listing(self) -> Iterator[ExternalRecord]:
+        """The scope in creation order. A page that fails retryably (a 429, a 5xx) is asked
+        for again, from the last creation time seen, skipping what was already seen."""
+        since = self.cutoff
+        last, at_last = "", set[str]()
+        for wait in (*RETRY_WAITS, None):
+            try:
+                for record in self.connector.list_in_scope(created_since=since):
+                    if (
+                        last
+                        and record.created_at
+                        and (
+                            record.created_at < last
+                            or (record.created_at == last and record.id in at_last)
+                        )
+                    ):
+                        continue  # seen before the failure (or earlier than asked for)
+                    if record.created_at != last:
+                        last, at_last = record.created_at, set()
+                    at_last.add(record.id)
+                    yield record
+                return
+            except (RateLimitedError, RetryableError) as exc:
+                if wait is None:
+                    raise
+                told = exc.retry_after if isinstance(exc, RateLimitedError) else wait
+                self._sleep(min(max(told, wait), MAX_WAIT))
+                if last:
+                    since = max(since, parse_time(last))
 
     def _page(self, records: list[ExternalRecord]) -> None:
         known = links.by_externals(self.db, self.integration["id"], [r.id for r in records])
@@ -373,7 +442,7 @@ class Reconciler:
         was synced (Jira's search index lags its writes): judging a stale copy would undo a
         change. None when it cannot be read (counted as an error) or is gone."""
         synced = snapshots.newest_version(self.db, self.integration["id"], link["incident_id"])
-        if synced is None or not record.version or record.version >= synced:
+        if synced is None or not record.version or not _older(record.version, synced):
             return record
         try:
             return self._read(self.connector.get, record.id)
@@ -386,8 +455,8 @@ class Reconciler:
         return None
 
     def _unseen(self) -> None:
-        """Links the listing did not show: out of scope now, created before the cut-off, or
-        gone."""
+        """Links the listing did not show: created before the cut-off (still reconciled), out
+        of scope now (reported, never touched: SPEC 3), or gone."""
         after = 0
         while True:
             batch = list(
@@ -399,6 +468,7 @@ class Reconciler:
             )
             if not batch:
                 return
+            self._check_stop()
             after = batch[-1]["id"]
             found: list[tuple[ExternalRecord, dict[str, Any]]] = []
             for link in batch:
@@ -410,6 +480,18 @@ class Reconciler:
                     raise  # every other read would fail the same way
                 except ConnectorError as exc:
                     self._error(f"{link['external_key'] or link['external_id']}: {exc}")
+            try:
+                scoped = self._read(self.connector.in_scope, [r.id for r, _ in found])
+            except AuthError:
+                raise
+            except ConnectorError as exc:
+                for record, _ in found:
+                    self._error(f"{record.key}: cannot tell whether it is in scope: {exc}")
+                found, scoped = [], set()
+            for record, link in found:
+                if record.id not in scoped:
+                    self._out_of_scope(link, record)
+            found = [(record, link) for record, link in found if record.id in scoped]
             entries = self._journals([r for r, _ in found])
             for record, link in found:
                 self._linked(link, record, entries.get(record.id))
@@ -495,7 +577,7 @@ class Reconciler:
                         )
                     )  # fmt: skip
         if self.options.auto_heal:
-            self._heal(incident.id, link, record, journal)
+            self._heal(incident.id, link, record, entries)
 
     def _decisions(self, incident: Incident, record: ExternalRecord) -> list[Found]:
         """Each field that differs, with what to do and its snapshot value."""
@@ -532,6 +614,11 @@ class Reconciler:
             concurrent = None
             if decision.action == drift.CONCURRENT:
                 decision, concurrent = self._concurrent(incident, record, name)
+            if decision.action == drift.PULL:
+                problem = _refusal(incident, name, theirs)
+                if problem:  # reported every run until a person settles it; not an error
+                    decision = drift.Decision(drift.REFUSED, f"cannot be applied: {problem}")
+                    concurrent = None
             found.append(Found(name, decision, state.snapshot, concurrent))
         return found
 
@@ -548,14 +635,22 @@ class Reconciler:
         """Among the integrations that own the field as external, the highest priority one
         (ties: the oldest) decides in reconciliation. None when it is this integration (or
         nobody else claims the field), else the name of the one that decides."""
-        owners = [c for c in conflicts.claims(self.db, name) if c.owner is Owner.EXTERNAL]
+        names: dict[int, str] = {}
+        for claim in conflicts.claims(self.db, name):
+            row = integration_rows.find(self.db, str(claim.integration_id))
+            # only an owner that can pull decides: a disabled or outbound-only one cannot
+            if (
+                claim.owner is Owner.EXTERNAL
+                and row is not None
+                and row["enabled"]
+                and Direction(row["direction"]).receives
+            ):
+                names[claim.integration_id] = row["name"]
+        owners = [c for c in conflicts.claims(self.db, name) if c.integration_id in names]
         if not owners:
             return None
         top = max(owners, key=lambda c: (c.priority, -c.integration_id))
-        if top.integration_id == self.integration["id"]:
-            return None
-        row = integration_rows.find(self.db, str(top.integration_id))
-        return row["name"] if row else str(top.integration_id)
+        return None if top.integration_id == self.integration["id"] else names[top.integration_id]
 
     def _accepted(self, incident_id: int, name: str, platform: str, theirs: str) -> bool:
         """An ignored conflict accepted this divergence; either side changing the field
@@ -584,9 +679,15 @@ class Reconciler:
             parse_time(row[0]) if row else parse_time(incident.updated_at),
             row[1] if row else "",
         )
+        # The record's update time is only the latest the edit can have been made: any
+        # later edit of another field moves it. The dispatcher, when it left this value in
+        # place, saw an earlier one.
+        seen = snapshots.sighting(self.db, self.integration["id"], incident.id, name)
+        at = seen.version if seen is not None and seen.value == record.fields[name] else None
+        at = at or record.updated_at
         theirs = conflicts.Edit(
             record.fields[name],
-            parse_time(record.updated_at) if record.updated_at else self.clock.now(),
+            parse_time(at) if at else self.clock.now(),
             record.updated_by,
         )
         verdict = conflicts.decide(
@@ -624,19 +725,25 @@ class Reconciler:
             if row["integration_id"] == integration_id
             for entry in row["journal"]
         }
-        mine = [
+        unlinked = [
             drift.PlatformEntry(row[0], row[1], row[2])
             for row in self.db.execute(
                 "SELECT j.id, j.kind, j.body FROM journal_entries j WHERE j.incident_id = ? "
-                "AND j.created_at >= ? AND j.source != ? AND NOT EXISTS (SELECT 1 FROM "
-                "journal_links l WHERE l.journal_entry_id = j.id AND l.integration_id = ?) "
+                "AND j.source != ? AND NOT EXISTS (SELECT 1 FROM journal_links l "
+                "WHERE l.journal_entry_id = j.id AND l.integration_id = ?) "
+                "AND (j.created_at >= ? OR j.id IN (SELECT value FROM json_each(?))) "
                 "ORDER BY j.id",
-                [incident_id, since, self.source, integration_id],
+                [incident_id, self.source, integration_id, since, json.dumps(sorted(in_flight))],
             )
-            if row[1] in self.journals and row[0] not in in_flight
+            if row[1] in self.journals
         ]
         theirs = [e for e in entries if e.vendor_id not in linked_vendor]
-        return drift.diff_journal(mine, theirs, self.connector.normalise)
+        return drift.diff_journal(
+            [e for e in unlinked if e.id not in in_flight],
+            theirs,
+            self.connector.normalise,
+            sending=[e for e in unlinked if e.id in in_flight],
+        )
 
     def _journal_in(self, kind: str) -> drift.Decision | None:
         """An external entry the platform does not have."""
@@ -665,7 +772,7 @@ class Reconciler:
         incident_id: int,
         link: Mapping[str, Any],
         record: ExternalRecord,
-        journal: drift.JournalDiff | None,
+        entries: list[JournalEntry] | None,
     ) -> None:
         """Make one incident agree, deciding again on what the database holds now."""
         integration_id = self.integration["id"]
@@ -681,14 +788,15 @@ class Reconciler:
             stale = {
                 name
                 for name, snap in known.items()
-                if snap.version and record.version and snap.version > record.version
+                if snap.version and record.version and _older(record.version, snap.version)
             }
             for found in self._decisions(incident, record):
                 if found.field in stale or found.decision.action not in HEALS:
                     continue  # a newer change arrived during the run: it is handled
                 self._apply(incident, record, found)
             self._agreed(incident_id, record, known, stale)
-            if journal is not None:
+            if entries is not None:
+                journal = self._journal_diff(incident_id, current, entries)
                 self._heal_journal(incident_id, journal, now)
 
     def _apply(self, incident: Incident, record: ExternalRecord, found: Found) -> None:
@@ -703,6 +811,8 @@ class Reconciler:
                 self.db, incident.id, integration, name, concurrent.platform,
                 concurrent.external, record.version, concurrent.verdict, now,
             )  # fmt: skip
+        if action == drift.CONFLICT:
+            return  # held for a person: nothing is healed yet
         if action == drift.PUSH:
             conflicts.push_platform_value(
                 self.db, incident.id, integration, name, theirs, record.version, now
@@ -710,8 +820,6 @@ class Reconciler:
             self.report.queued += 1
         elif action == drift.PULL:
             try:
-                if name == "status":
-                    check_transition(incident.status, theirs)
                 incidents.update(
                     self.db, self.clock, record.updated_by or self.source, str(incident.id),
                     {name: theirs}, self.source, integration["id"],
@@ -782,11 +890,20 @@ class Reconciler:
 
     def _missing(self, link: Mapping[str, Any]) -> None:
         """The linked record is gone (404)."""
-        recreate = self.options.recreate_missing and self.direction.sends
+        # One 404 is not proof (Jira also answers 404 for an issue the account may no
+        # longer see): a record is re-created only once an earlier run or send found it gone
+        # and marked the link broken.
+        confirmed = link["state"] == "broken"
+        recreate = self.options.recreate_missing and self.direction.sends and confirmed
         if not self.direction.sends and self.options.recreate_missing:
             reason = "gone; cannot be re-created: the integration is inbound only"
         elif recreate:
             reason = "gone; re-created" if self.options.auto_heal else "gone; would be re-created"
+        elif self.options.recreate_missing:
+            reason = (
+                "gone (first seen now: marked broken; a later run with --recreate-missing "
+                "re-creates it if it is still gone)"
+            )
         else:
             reason = "gone; re-create it with --recreate-missing"
         self.report.checked += 1
@@ -817,6 +934,18 @@ class Reconciler:
             )
             self.report.healed += 1
             self.report.queued += 1
+
+    def _out_of_scope(self, link: Mapping[str, Any], record: ExternalRecord) -> None:
+        """A linked record that left the integration's scope: reported, never touched."""
+        self.report.checked += 1
+        self._found(
+            Discrepancy(
+                link["incident_id"], record.id, record.key, "", "", "", None,
+                drift.OUT_OF_SCOPE,
+                "no longer in the integration's scope (another group, project or service): "
+                "left alone",
+            )
+        )  # fmt: skip
 
     def _unlinked(self, record: ExternalRecord) -> None:
         """An in-scope record with no link: ours whose link was lost, a second record of
@@ -873,6 +1002,8 @@ class Reconciler:
         link = links.find(self.db, incident_id, integration_id)
         if link is None and outbox_rows.live_create_exists(self.db, incident_id, integration_id):
             return  # its create is being sent: the dispatcher links it
+        if link is not None and link["external_id"] == record.id:
+            return  # linked by the dispatcher since the page was read: the next run checks it
         self.report.checked += 1
         if link is not None:
             self._found(

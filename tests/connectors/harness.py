@@ -36,6 +36,11 @@ class Harness:
     with_wrong_credentials: Callable[[], Connector]
     # what the integration was configured with (settings, secrets) for webhook checks
     webhook_secret: str
+    # a connector of the same vendor whose scope excludes this integration's (ServiceNow:
+    # another assignment group; Jira: another issue type; PagerDuty: another service)
+    other_scope: Callable[[], Connector]
+    # an id of the vendor's form that names no record
+    missing_id: str
     # whether the webhook signature covers the body (else it covers the request line)
     signs_body: bool = True
     # fields the vendor can hold, with a valid platform value for each, for create/update tests

@@ -187,6 +187,32 @@ def test_listing_journals_of_several_records_at_once(h: Harness) -> None:
     assert h.connector.list_journals([]) == {}
 
 
+def test_in_scope_keeps_the_records_that_exist_and_match_the_scope(h: Harness) -> None:
+    inside = [
+        h.connector.create({**h.sample, "title": f"ours {n}"}, key(50 + n)).id for n in range(3)
+    ]
+    other = h.other_scope()
+    try:
+        outside = other.create({**h.sample, "title": "another team's"}, key(53)).id
+        h.clock.advance(5)  # past any search lag: the other connector's write is not ours
+        assert other.in_scope([*inside, outside]) == {outside}
+    finally:
+        other.close()
+    asked = [outside, inside[0], h.missing_id, inside[1], inside[2], inside[0]]
+    assert h.connector.in_scope(asked) == set(inside)
+    assert h.connector.in_scope([h.missing_id, outside]) == set()
+    assert h.connector.in_scope([]) == set()
+
+
+def test_in_scope_takes_more_ids_than_one_request_holds(h: Harness) -> None:
+    created = [h.connector.create({"title": f"many {n}"}, key(100 + n)).id for n in range(103)]
+    h.clock.advance(5)
+    # the missing id and the last records in a second batch, the first batch full
+    asked = [*created[:100], h.missing_id, *created[100:]]
+    assert h.connector.in_scope(asked) == set(created)
+    assert h.connector.in_scope(asked[::-1]) == set(created)
+
+
 def test_listing_changed_since_includes_every_later_change(h: Harness) -> None:
     old = h.connector.create({**h.sample, "title": "old"}, key(20))
     h.clock.advance(600)

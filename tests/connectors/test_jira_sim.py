@@ -198,6 +198,61 @@ def test_created_since_and_two_order_keys_select_like_jira(h: Harness) -> None:
     assert keys('project = OPS AND created >= "2026-11-27" ORDER BY created') == ordered
 
 
+def test_issues_named_by_id_or_key_must_exist_and_be_visible(h: Harness) -> None:
+    one = h.connector.create(SAMPLE, KEY.format(1))
+    two = h.connector.create(SAMPLE, KEY.format(2))
+    assert h.agent.delete(f"/rest/api/3/issue/{two.id}").status_code == 204
+    h.clock.advance(2)
+
+    def ids(jql: str) -> Any:
+        answer = search(h.agent, jql)
+        return answer.json()["errorMessages"] if answer.status_code == 400 else answer.json()
+
+    found = ids(f"project = OPS AND id in ({one.id}, {one.key})")
+    assert [i["id"] for i in found["issues"]] == [one.id]
+    assert [i["id"] for i in ids(f"key = {one.id}")["issues"]] == [one.id]
+    # Jira names every issue that is gone (or hidden), and answers nothing else
+    assert ids(f"project = OPS AND id in ({one.id}, {two.id}, 99999)") == [
+        f"A value with ID '{two.id}' does not exist for the field 'id'.",
+        "A value with ID '99999' does not exist for the field 'id'.",
+    ]
+    assert ids(f"issuekey = {two.key}") == [
+        f"An issue with key '{two.key}' does not exist for field 'issuekey'."
+    ]
+    sim_of(h).denied["agent@example.com"] = {"BROWSE_PROJECTS"}
+    assert ids(f"id = {one.id}") == [
+        f"A value with ID '{one.id}' does not exist for the field 'id'."
+    ]
+
+
+def test_in_scope_asks_for_ids_within_the_scope_jql_in_batches(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("im.connectors.jira.ID_BATCH", 3)
+    urgent = [h.connector.create({**SAMPLE, "priority": "p1"}, KEY.format(n)).id for n in range(4)]
+    calm = h.connector.create(SAMPLE, KEY.format(9)).id
+    gone = h.connector.create({**SAMPLE, "priority": "p1"}, KEY.format(10)).id
+    assert h.agent.delete(f"/rest/api/3/issue/{gone}").status_code == 204
+    h.clock.advance(2)
+    ours, transport = counted(h, jql="priority = Highest ORDER BY created")
+    asked = [urgent[0], gone, calm, urgent[1], "OPS-1", urgent[2], urgent[3], "99999"]
+    assert ours.in_scope(asked) == set(urgent)
+    bodies = [json.loads(r.content) for r in transport.requests]
+    assert {tuple(b["fields"]) for b in bodies} == {("id",)}
+    scope = 'project = "OPS" AND issuetype = "Incident" AND (priority = Highest)'
+    # batches of 3 numeric ids, paged as usual (two a page here); a refused batch is asked
+    # again without the ids Jira named
+    last = f"{scope} AND id in ({urgent[1]}, {urgent[2]}, {urgent[3]})"
+    assert [(b["jql"], "nextPageToken" in b) for b in bodies] == [
+        (f"{scope} AND id in ({urgent[0]}, {gone}, {calm})", False),
+        (f"{scope} AND id in ({urgent[0]}, {calm})", False),
+        (last, False),
+        (last, True),
+        (f"{scope} AND id in (99999)", False),
+    ]
+    ours.close()
+
+
 def test_list_in_scope_created_since_reads_dates_in_the_accounts_time_zone(
     clock: FrozenClock,
 ) -> None:

@@ -25,6 +25,7 @@ from im.sim.pagerduty import PagerDutySimulator
 from im.sim.transport import ASGIBridge
 from tests.connectors.harness import Harness, Recording
 from tests.connectors.vendor_pagerduty import (
+    OTHER_SERVICE,
     SAMPLE,
     WEBHOOK_SECRET,
     agent_change,
@@ -417,6 +418,29 @@ def test_a_duplicate_open_key_is_refused_and_create_returns_the_incident(h: Harn
     }
     edit(h, first.id, {"status": "resolved"})
     assert h.agent.post("/incidents", json=body).status_code == 201  # resolved keys are free
+
+
+def test_another_services_incidents_are_outside_the_scope(h: Harness) -> None:
+    transport = Recording(h.sim.transport())
+    pd = connector(h.sim, h.clock, transport=transport)
+    other = h.other_scope()
+    try:
+        ours = [pd.create({**SAMPLE, "title": f"ours {n}"}, key(n)).id for n in range(3)]
+        h.sim.webhooks.pending.clear()
+        theirs = other.create({**SAMPLE, "title": "theirs"}, key(0)).id  # keys are per service
+        assert h.sim.webhooks.pending == []  # the subscription is for our service only
+        service = h.agent.get(f"/services/{OTHER_SERVICE}").raise_for_status().json()["service"]
+        assert service["name"] == "Another team's service"
+        assert {r.id for r in pd.list_in_scope()} == set(ours)
+        assert {r.id for r in other.list_in_scope()} == {theirs}
+        transport.requests.clear()
+        asked = [*ours, theirs, "QMISSNG"]
+        assert pd.in_scope(asked) == set(ours)
+        # one read per incident: PagerDuty lists no incidents by id
+        assert sorted(transport.seen) == sorted(("GET", f"/incidents/{i}") for i in asked)
+    finally:
+        pd.close()
+        other.close()
 
 
 def test_status_paths_follow_pagerduty(h: Harness) -> None:

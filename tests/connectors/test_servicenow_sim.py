@@ -255,6 +255,32 @@ def test_a_scope_with_nq_and_a_group_lists_only_records_in_scope(h: Harness) -> 
     ours.close()
 
 
+def test_in_scope_asks_for_sys_ids_in_every_branch_of_the_scope(h: Harness) -> None:
+    sd, network = group_id(h, "Service Desk"), group_id(h, "Network")
+    wanted = [
+        agent_create(h, category="network", assignment_group=sd),
+        agent_create(h, category="hardware", assignment_group=sd),
+        agent_create(h, category="network", assignment_group=sd),
+    ]
+    hardware_elsewhere = agent_create(h, category="hardware", assignment_group=network)
+    software_sd = agent_create(h, category="software", assignment_group=sd)
+    ours, transport = counted(h, scope_query="category=network^NQcategory=hardware")
+    missing = [f"{n:032x}" for n in range(98)]
+    many = [*wanted, *missing, hardware_elsewhere, software_sd]
+    assert ours.in_scope(many) == set(wanted)
+    pages = [httpx.URL(u).params for u in transport.paths("/table/incident")]
+    assert {p["sysparm_fields"] for p in pages} == {"sys_id"}
+    # one query per 100 ids, paged as usual (two rows a page in this harness)
+    batches = [many[:100], many[100:]]
+    assert list(dict.fromkeys(p["sysparm_query"] for p in pages)) == [
+        f"assignment_group={sd}^category=network^sys_idIN{','.join(batch)}"
+        f"^NQassignment_group={sd}^category=hardware^sys_idIN{','.join(batch)}^ORDERBYsys_id"
+        for batch in batches
+    ]
+    assert [p["sysparm_offset"] for p in pages] == ["0", "2", "0"]
+    ours.close()
+
+
 def test_the_business_rule_scope_puts_the_group_in_every_branch(clock: FrozenClock) -> None:
     settings = {"scope_query": "category=network^NQcategory=hardware"}
     expected = (
@@ -289,7 +315,7 @@ def test_the_business_rule_scope_puts_the_group_in_every_branch(clock: FrozenClo
 def test_journals_of_many_incidents_come_in_batches_of_ids(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("im.connectors.servicenow.JOURNAL_BATCH", 2)
+    monkeypatch.setattr("im.connectors.servicenow.ID_BATCH", 2)
     ids = [h.connector.create({"title": f"t{n}"}, KEY.format(n)).id for n in range(5)]
     for n, sys_id in enumerate(ids[:4]):
         h.clock.advance(1)

@@ -121,6 +121,10 @@ def make_harness(clock: FrozenClock, **sim_options: Any) -> Harness:
             connector_config(sim, clock, token="not-the-token")
         ),
         webhook_secret=WEBHOOK_SECRET,
+        other_scope=lambda: JiraConnector(
+            connector_config(sim, clock, issue_type="Service request")
+        ),
+        missing_id="99999",
         # a Connect JWT signs the method, path and query (qsh), not the body
         signs_body=sim_options["signing"] == "hub",
         sample={

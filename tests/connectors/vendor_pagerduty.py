@@ -19,7 +19,7 @@ from im.connectors.pagerduty import (
     PagerDutyConnector,
 )
 from im.sim.core import Simulator
-from im.sim.pagerduty import PagerDutySimulator
+from im.sim.pagerduty import DEFAULT_OTHER_SERVICES, PagerDutySimulator
 from tests.connectors.harness import Harness
 
 URL = "https://pagerduty.sim.test"
@@ -31,6 +31,7 @@ SETTINGS = {
     "service": "PSVC001",
     "escalation_policy": "PEP0001",
 }
+OTHER_SERVICE = next(iter(DEFAULT_OTHER_SERVICES))  # another team's service
 SAMPLE = {
     "title": "Database is on fire",
     "description": "Disk full on db-1.\nRotate the logs.",
@@ -143,6 +144,8 @@ def make_harness(clock: FrozenClock, **sim_options: Any) -> Harness:
         agent_journal=agent_journal,
         with_wrong_credentials=lambda: connector(sim, clock, token="not-a-token"),
         webhook_secret=WEBHOOK_SECRET,
+        other_scope=lambda: connector(sim, clock, settings={"service": OTHER_SERVICE}),
+        missing_id="QMISSNG",
         sample=SAMPLE,
         updates=UPDATES,
         journal_fields=("work_notes",),

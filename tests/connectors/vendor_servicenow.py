@@ -116,6 +116,8 @@ def make_harness(clock: FrozenClock, **sim_options: Any) -> Harness:
         agent_journal=agent_journal,
         with_wrong_credentials=with_wrong_credentials,
         webhook_secret=WEBHOOK_SECRET,
+        other_scope=lambda: ServiceNowConnector(config_for(sim, clock, assignment_group="Network")),
+        missing_id="0123456789abcdef" * 2,
         sample={
             "title": "Mail relay rejects outbound mail",
             "description": "Users in eu-west cannot send mail.\nQueue depth is growing.",
