@@ -182,6 +182,345 @@ def details(db: Database, ref: str) -> dict[str, Any]:
     }
 
 
-def history(db: Database, ref: str) -> tuple[Incident, list[dict[str, Any]]]:
+# -- the timeline ----------------------------------------------------------------------------
+
+# every timeline entry has these keys (None where they do not apply), in this order
+TIMELINE_KEYS = (
+    "at", "kind", "field", "old_value", "new_value", "source", "actor", "integration", "ref",
+    "state", "detail", "applied_at", "winner", "sent_to",
+)  # fmt: skip
+# every element of an entry's ``sent_to``
+SEND_KEYS = (
+    "integration", "operation", "state", "queued_at", "sent_at", "acked_at", "value",
+    "vendor_id", "attempts", "error", "dlq_entry", "note",
+)  # fmt: skip
+# Entries of the same time, in the order they happen: an applied webhook detects a conflict,
+# resolves it and changes the field in one transaction (one time); a webhook at the time of
+# a change (a frozen clock) is its echo, so it comes after.
+_RANK = {"conflict": 0, "conflict_resolved": 1, "change": 2, "journal": 2, "inbound": 3}
+
+
+def history(db: Database, ref: str) -> list[dict[str, Any]]:
+    """The incident's sync timeline, oldest first: plain dicts with TIMELINE_KEYS, times as
+    stored. Raises NotFoundError. Writes nothing.
+
+    Entries (``kind``):
+
+    - ``change``: a field change (``field``, ``old_value`` -> ``new_value``) and ``journal``: a
+      journal entry (``field`` comments or work_notes, the text in ``new_value``); ``source``
+      is ``platform`` or ``external:<integration>`` and ``actor`` who made it. ``sent_to``
+      lists each integration whose outbox row carried it (SEND_KEYS): the row's ``state``
+      (pending, in_flight, in_doubt, done, dead = in the DLQ, discarded, cancelled),
+      ``sent_at`` when the vendor answered (the row's done_at), ``acked_at`` when the
+      write's echo came back by webhook (the push's acked_at; journal entries are
+      acknowledged by the vendor's entry id, ``vendor_id``), ``value`` the value the row
+      carried and a ``note`` saying what is notable (sent with a later change, not written,
+      retrying, in the DLQ as entry-N, cancelled).
+    - ``conflict`` (detected, at its detection; ``state`` its status now) and
+      ``conflict_resolved`` (at its resolution, with the ``winner``, or none when ignored).
+    - ``inbound``: a webhook delivery about the incident, at its receipt, with its outcome
+      (``state``, ``detail``) and when it was settled (``applied_at``).
+
+    Which outbox row carried a change to an integration (never the one it came from), among
+    the rows of that (incident, integration) holding the field: the first created at or after
+    the change and before the field's next change (the row its own transaction queued, or a
+    later one that sent the same value: a DLQ retry, a conflict's winner, a reconcile push),
+    unless the change was coalesced into an older row still waiting when it was made (none
+    created at the change's time; the newest older row not yet done, dead or cancelled then).
+    A row retried from the DLQ is followed to the row that re-sent it. Coalescing keeps the
+    latest value, so a row whose value differs from the change's was "sent with a later
+    change". A journal entry is carried by the rows whose journal holds its id. Pushes (the
+    values written, and their echoes) are kept for 7 days: older sends show no
+    acknowledgement, and are not called "not written".
+    """
     incident = get(db, ref)
-    return incident, rows.changes(db, incident.id)
+    trail = _Trail(db, incident.id)
+    entries = trail.changes() + trail.conflicts() + trail.inbound()
+    order = sorted(
+        range(len(entries)), key=lambda i: (entries[i]["at"], _RANK[entries[i]["kind"]], i)
+    )
+    return [entries[i] for i in order]
+
+
+def _entry(at: str, kind: str, **values: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = dict.fromkeys(TIMELINE_KEYS)
+    entry.update(at=at, kind=kind, sent_to=[], **values)
+    return entry
+
+
+def _ended(row: dict[str, Any]) -> str | None:
+    """When a row stopped taking coalesced changes: sent, given up, or cancelled."""
+    cancelled = row["updated_at"] if row["state"] == "cancelled" else None
+    ended: str | None = row["done_at"] or row["dead_at"] or cancelled
+    return ended
+
+
+def _carrier(candidates: list[dict[str, Any]], at: str, until: str | None) -> dict[str, Any] | None:
+    """The row that carried a change made at ``at`` (see ``history``)."""
+    for row in candidates:
+        if row["created_at"] == at:
+            return row
+    # a row that ended at the very time of the change still took it: had it ended first, the
+    # change would have queued a row of its own, found above
+    waiting = [
+        r
+        for r in candidates
+        if r["created_at"] < at and ((ended := _ended(r)) is None or ended >= at)
+    ]
+    if waiting:
+        return waiting[-1]
+    return next(
+        (
+            r
+            for r in candidates
+            if r["created_at"] > at and (until is None or r["created_at"] < until)
+        ),
+        None,
+    )
+
+
+class _Trail:
+    """The incident's changes and everything that happened to them, read once."""
+
+    def __init__(self, db: Database, incident_id: int) -> None:
+        self.changes_ = rows.changes(db, incident_id)
+        self.journal = rows.journal(db, incident_id)
+        self.outbox = rows.outbox_trail(db, incident_id)
+        self.pushes = rows.push_trail(db, incident_id)
+        self.links = {
+            (link["journal_entry_id"], link["integration_id"]): link
+            for link in rows.journal_link_trail(db, incident_id)
+        }
+        self.conflict_rows = rows.conflict_trail(db, incident_id)
+        self.events = rows.inbound_trail(db, incident_id)
+        names: dict[int, str] = {}
+        for row in self.outbox:
+            names.setdefault(row["integration_id"], row["integration"])
+        self.integrations = sorted(names.items())
+
+    # -- field changes and journal entries ---------------------------------------------------
+
+    def changes(self) -> list[dict[str, Any]]:
+        entries = []
+        unused = list(self.journal)
+        for index, change in enumerate(self.changes_):
+            name, at = change["field"], change["changed_at"]
+            common = {
+                "field": name,
+                "old_value": change["old_value"],
+                "new_value": change["new_value"],
+                "source": change["source"],
+                "actor": change["actor"],
+            }
+            if name in JOURNAL_FIELDS:
+                journal_entry = self._journal_entry(unused, change)
+                entry = _entry(at, "journal", **common)
+                if journal_entry is not None:
+                    entry["sent_to"] = self._journal_sends(journal_entry, change["source"])
+            else:
+                until = next(
+                    (c["changed_at"] for c in self.changes_[index + 1 :] if c["field"] == name),
+                    None,
+                )
+                entry = _entry(at, "change", **common)
+                entry["sent_to"] = self._field_sends(change, until)
+            entries.append(entry)
+        return entries
+
+    @staticmethod
+    def _journal_entry(
+        unused: list[dict[str, Any]], change: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The journal entry a journal change recorded (both are written together)."""
+        for entry in unused:
+            if (entry["kind"], entry["body"], entry["created_at"]) == (
+                change["field"],
+                change["new_value"],
+                change["changed_at"],
+            ):
+                unused.remove(entry)
+                return entry
+        return None
+
+    def _targets(self, source: str) -> list[tuple[int, str]]:
+        """The integrations a change may have gone to: never back to where it came from."""
+        return [(i, name) for i, name in self.integrations if source != f"external:{name}"]
+
+    def _field_sends(self, change: dict[str, Any], until: str | None) -> list[dict[str, Any]]:
+        name, at = change["field"], change["changed_at"]
+        sends = []
+        for integration_id, _ in self._targets(change["source"]):
+            candidates = [
+                r
+                for r in self.outbox
+                if r["integration_id"] == integration_id and name in r["fields"]
+            ]
+            row = _carrier(candidates, at, until)
+            if row is None:
+                continue
+            row = self._followed(row, candidates)
+            value = row["fields"].get(name)
+            start = max(row["created_at"], at)
+            pushes = [
+                p
+                for p in self.pushes
+                if p["integration_id"] == integration_id
+                and p["field"] == name
+                and p["sent_at"] >= start
+                and (row["done_at"] is None or p["sent_at"] <= row["done_at"])
+            ]
+            acked = sorted(p["acked_at"] for p in pushes if p["acked_at"])
+            send = self._send(row, value=value)
+            if row["state"] != "done" and pushes:
+                send["sent_at"] = pushes[0]["sent_at"]  # written, though the row is not done
+            send["acked_at"] = acked[0] if acked else None
+            notes = []
+            if value != change["new_value"]:
+                notes.append(
+                    "sent with a later change" if send["sent_at"] else "queued with a later change"
+                )
+            if row["state"] == "done" and not pushes and self._pushes_kept(row):
+                notes.append("not written: changed there meanwhile, or held by a conflict")
+            send["note"] = "; ".join([*notes, *([send["note"]] if send["note"] else [])]) or None
+            sends.append(send)
+        return sends
+
+    def _journal_sends(self, journal_entry: dict[str, Any], source: str) -> list[dict[str, Any]]:
+        sends = []
+        for integration_id, name in self._targets(source):
+            candidates = [
+                r
+                for r in self.outbox
+                if r["integration_id"] == integration_id and journal_entry["id"] in r["journal"]
+            ]
+            link = self.links.get((journal_entry["id"], integration_id))
+            if candidates:
+                send = self._send(self._followed(candidates[0], candidates))
+            elif link is not None:
+                # sent by a row that failed afterwards (what was sent leaves the row)
+                send = dict.fromkeys(SEND_KEYS)
+                send.update(integration=name, state="done", sent_at=link["linked_at"])
+            else:
+                continue
+            if link is not None:
+                send["vendor_id"] = link["vendor_id"]
+                send["sent_at"] = send["sent_at"] or link["linked_at"]
+            sends.append(send)
+        return sends
+
+    def _pushes_kept(self, row: dict[str, Any]) -> bool:
+        """Whether the row's writes would still be on record: pushes are forgotten oldest
+        first, so one of the integration's at or before the row's end means nothing of the
+        row's was forgotten (every create records one per field it sends)."""
+        return any(
+            p["integration_id"] == row["integration_id"] and p["sent_at"] <= row["done_at"]
+            for p in self.pushes
+        )
+
+    @staticmethod
+    def _followed(row: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[str, Any]:
+        """A row retried from the DLQ, followed to the row that sent it again."""
+        while row["state"] == "retried":
+            again = next(
+                (
+                    r
+                    for r in candidates
+                    if r["id"] > row["id"] and r["created_at"] >= row["updated_at"]
+                ),
+                None,
+            )
+            if again is None:
+                break
+            row = again
+        return row
+
+    @staticmethod
+    def _send(row: dict[str, Any], value: str | None = None) -> dict[str, Any]:
+        state = row["state"]
+        dlq = f"entry-{row['dead_letter']}" if row["dead_letter"] is not None else None
+        error = row["last_error"]
+        note = {
+            "pending": f"waiting to retry: {error}" if error else None,
+            "in_flight": "being sent",
+            "in_doubt": f"create outcome unknown, checking before sending again: {error}",
+            "dead": f"in the DLQ as {dlq}: {error}",
+            "discarded": f"discarded from the DLQ ({dlq})",
+            "retried": f"retried from the DLQ ({dlq})",
+            "cancelled": f"cancelled: {error}" if error else "cancelled",
+        }.get(state)
+        send: dict[str, Any] = dict.fromkeys(SEND_KEYS)
+        send.update(
+            integration=row["integration"],
+            operation=row["operation"],
+            state=state,
+            queued_at=row["created_at"],
+            sent_at=row["done_at"],
+            value=value,
+            attempts=row["attempts"],
+            error=error if state != "done" else None,
+            dlq_entry=dlq,
+            note=note,
+        )
+        return send
+
+    # -- conflicts and webhooks --------------------------------------------------------------
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        entries = []
+        for c in self.conflict_rows:
+            ref = f"conflict-{c['id']}"
+            common = {"field": c["field"], "integration": c["integration"], "ref": ref}
+            entries.append(
+                _entry(
+                    c["detected_at"],
+                    "conflict",
+                    **common,
+                    source=f"external:{c['integration']}",
+                    actor=c["external_actor"],
+                    state=c["status"],
+                    detail=(
+                        f"platform {c['platform_value']!r} by {c['platform_actor'] or '?'} at "
+                        f"{c['platform_at']} vs {c['integration']} {c['external_value']!r} by "
+                        f"{c['external_actor'] or '?'} at {c['external_at']} "
+                        f"({c['strategy']})"
+                    ),
+                )
+            )
+            if c["resolved_at"] is None:
+                continue
+            winner = c["winner"]
+            kept = {"platform": c["platform_value"], "external": c["external_value"]}
+            entries.append(
+                _entry(
+                    c["resolved_at"],
+                    "conflict_resolved",
+                    **common,
+                    new_value=kept.get(winner or ""),
+                    source="platform",
+                    actor=c["resolved_by"],
+                    state=c["status"],
+                    winner=winner,
+                    detail=(
+                        f"the {winner} value won: {c['reason']}"
+                        if winner
+                        else f"ignored: {c['reason']}"
+                    ),
+                )
+            )
+        return entries
+
+    def inbound(self) -> list[dict[str, Any]]:
+        return [
+            _entry(
+                e["received_at"],
+                "inbound",
+                integration=e["integration"],
+                ref=f"event-{e['id']}",
+                source=f"external:{e['integration']}",
+                state=e["state"],
+                applied_at=e["applied_at"],
+                detail=(e["event_type"] or "webhook")
+                + (f": {e['outcome']}" if e["outcome"] and e["outcome"] != e["state"] else ""),
+            )
+            for e in self.events
+        ]

@@ -95,7 +95,7 @@ def test_every_route_needs_a_token_and_the_401_says_how_to_get_one(api: Api) -> 
     paths = api.client.get("/openapi.json").json()["paths"]
     values = {"incident_id": "INC-1", "ref": "prod-snow", "field": "title", "entry": "entry-1"}
     routes = [(m.upper(), path.format(**values)) for path, ops in paths.items() for m in ops]
-    assert len(routes) == 23
+    assert len(routes) == 24
     for method, path in routes:
         response = api.client.request(method, path, json={})
         message = error(response, 401, "unauthorized")
@@ -578,6 +578,7 @@ def test_the_openapi_document_describes_every_route_and_body(api: Api) -> None:
         "/integrations/{ref}/field-ownership": ["get"],
         "/integrations/{ref}/field-ownership/{field}": ["delete", "put"],
         "/integrations/{ref}/test": ["post"],
+        "/integrations/{ref}/sync-status": ["get"],
         "/integrations/{ref}/dlq": ["get"],
         "/integrations/{ref}/dlq/{entry}/retry": ["post"],
         "/integrations/{ref}/dlq/{entry}/discard": ["post"],

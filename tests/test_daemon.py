@@ -309,6 +309,8 @@ def test_the_daemon_serves_the_rest_api_with_a_token(live: Live, db_path: Path) 
         listed = httpx.get(f"{base}/incidents", headers={"Authorization": f"Bearer {token}"})
         assert [i["title"] for i in listed.json()] == ["from the API"]
         assert httpx.get(f"{base}/openapi.json").json()["paths"]
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")  # loopback: no token
+        assert metrics.status_code == 200 and "im_sync_backlog" in metrics.text
     finally:
         stop(daemon)
 

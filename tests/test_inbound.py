@@ -349,3 +349,17 @@ def test_an_authentic_but_malformed_delivery_is_a_422_with_the_reason(
     assert answer.json()["error"]["message"] == reason
     assert two.events("prod-pd") == []
     assert two.counters("prod-pd")["inbound_failed"] == 1
+
+
+def test_a_deleted_record_breaks_its_link_without_counting_as_a_success(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    before = two.counters("prod-jira").get("inbound_success", 0)
+    with two.agent("prod-jira") as agent:
+        issue = two.external_id("prod-jira", n)
+        assert agent.delete(f"/rest/api/3/issue/{issue}").status_code == 204
+    two.deliver()
+    links = json.loads(two.im.ok("incident", "show", f"INC-{n}", "--format", "json"))["links"]
+    assert ("prod-jira", "broken") in {(link["integration"], link["state"]) for link in links}
+    assert two.counters("prod-jira").get("inbound_success", 0) == before
+    assert two.counters("prod-jira")["inbound_ignored"] >= 1

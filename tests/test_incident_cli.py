@@ -188,16 +188,17 @@ def test_show_and_history(three: Im) -> None:
     three.clock.advance(1.5)
     three.ok("incident", "comment", "INC-1", "Rolled back deploy 42")
     history = three.ok("incident", "history", "INC-1")
+    # the sync timeline: each change with where it goes (nothing is sent without a daemon)
     assert history.splitlines() == [
-        "changed_at                field        old_value  new_value              source    actor",
-        "2026-11-27T09:00:00.000Z  title                   Checkout 5xx           platform  alice",
-        "2026-11-27T09:00:00.000Z  description             since 08:55            platform  alice",
-        "2026-11-27T09:00:00.000Z  severity                sev3                   platform  alice",
-        "2026-11-27T09:00:00.000Z  priority                p3                     platform  alice",
-        "2026-11-27T09:00:00.000Z  status                  triggered              platform  alice",
-        "2026-11-27T09:01:00.000Z  status       triggered  acknowledged           platform  alice",
-        "2026-11-27T09:01:00.000Z  commander               carol                  platform  alice",
-        "2026-11-27T09:01:01.500Z  comments                Rolled back deploy 42  platform  alice",
+        "time                      what                               origin            sent to / acknowledged",
+        "2026-11-27T09:00:00.000Z  title = Checkout 5xx               platform (alice)  prod-snow: pending; prod-jira: pending; prod-pd: pending",
+        "2026-11-27T09:00:00.000Z  description = since 08:55          platform (alice)  prod-snow: pending; prod-jira: pending; prod-pd: pending",
+        "2026-11-27T09:00:00.000Z  severity = sev3                    platform (alice)  prod-snow: pending; prod-pd: pending",
+        "2026-11-27T09:00:00.000Z  priority = p3                      platform (alice)  prod-jira: pending; prod-pd: pending",
+        "2026-11-27T09:00:00.000Z  status = triggered                 platform (alice)  prod-snow: pending (queued with a later change); prod-jira: pending (queued with a later change); prod-pd: pending (queued with a later change)",
+        "2026-11-27T09:01:00.000Z  status: triggered -> acknowledged  platform (alice)  prod-snow: pending; prod-jira: pending; prod-pd: pending",
+        "2026-11-27T09:01:00.000Z  commander: (empty) -> carol        platform (alice)",
+        "2026-11-27T09:01:01.500Z  comment: Rolled back deploy 42     platform (alice)  prod-snow: pending",
     ]
     shown = three.ok("incident", "show", "INC-1")
     assert (

@@ -12,7 +12,6 @@ from im.api.models import (
     ChangeOut,
     CommentCreate,
     FieldChangeOut,
-    HistoryEntryOut,
     IncidentCreate,
     IncidentDetailsOut,
     IncidentOut,
@@ -20,6 +19,7 @@ from im.api.models import (
     JournalEntryOut,
     LinkOut,
     QueuedOut,
+    TimelineEntryOut,
     WaitingOut,
 )
 from im.model import DEFAULT_LIST_LIMIT, Status
@@ -103,7 +103,9 @@ def comment_incident(
     return _change(incidents.comment(db, clock, actor, incident_id, kind, body.text))
 
 
-@router.get("/{incident_id}/history", summary="Every change of an incident")
-def incident_history(db: Db, incident_id: IncidentId) -> list[HistoryEntryOut]:
-    _, changes = incidents.history(db, incident_id)
-    return [HistoryEntryOut(**change) for change in changes]
+@router.get("/{incident_id}/history", summary="The incident's sync timeline across systems")
+def incident_history(db: Db, incident_id: IncidentId) -> list[TimelineEntryOut]:
+    """Field changes and journal entries with their origin and where each was sent and
+    acknowledged, conflicts and their resolution, webhook deliveries: as `im incident history
+    --format json`."""
+    return [TimelineEntryOut(**entry) for entry in incidents.history(db, incident_id)]

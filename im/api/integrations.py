@@ -1,4 +1,4 @@
-"""``/integrations``: what `im integration list|get|configure|test|dlq…` and
+"""``/integrations``: what `im integration list|get|configure|test|sync-status|dlq…` and
 `im integration field-ownership …` offer. Secrets are neither accepted nor returned here."""
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from im.api.models import (
     ReconcileRunOut,
     ScheduleOut,
     ScheduleSet,
+    SyncStatusOut,
 )
 from im.config import connection, fields
 from im.config import integrations as config
 from im.config.integrations import IntegrationInput
 from im.store import integrations as rows
-from im.sync import reconcile, retry, schedules
+from im.sync import reconcile, retry, schedules, status
 
 router = APIRouter(prefix="/integrations", tags=["integrations"])
 
@@ -103,6 +104,12 @@ def test_integration(db: Db, ref: Ref) -> CheckReportOut:
             for c in report.checks
         ],
     )
+
+
+@router.get("/{ref}/sync-status", summary="Health with every reason, backlog, DLQ, counters")
+def sync_status(db: Db, clock: Now, ref: Ref) -> SyncStatusOut:
+    """A report: 200 whatever the health (``healthy``, ``degraded`` or ``failing``)."""
+    return SyncStatusOut(**status.read(db, clock, ref).as_json())
 
 
 @router.get("/{ref}/dlq", summary="The dead letter queue, with every attempt")

@@ -123,13 +123,43 @@ class IncidentDetailsOut(IncidentOut):
     queued: list[WaitingOut]
 
 
-class HistoryEntryOut(BaseModel):
-    changed_at: str
-    field: str
+class SentToOut(BaseModel):
+    """Where a change was sent: one integration's outbox row that carried it."""
+
+    integration: str
+    operation: str | None = Field(description="create or update")
+    state: str = Field(
+        description="pending, in_flight, in_doubt, done, dead (in the DLQ), discarded, "
+        "retried or cancelled"
+    )
+    queued_at: str | None
+    sent_at: str | None = Field(description="When the vendor answered.")
+    acked_at: str | None = Field(description="When the write's echo came back by webhook.")
+    value: str | None = Field(description="The value the row carried (fields only).")
+    vendor_id: str | None = Field(description="The vendor's entry id (journal entries only).")
+    attempts: int | None
+    error: str | None
+    dlq_entry: str | None = Field(description="entry-N while or since it was in the DLQ.")
+    note: str | None
+
+
+class TimelineEntryOut(BaseModel):
+    """One entry of an incident's sync timeline (`im incident history --format json`)."""
+
+    at: str
+    kind: str = Field(description="change, journal, conflict, conflict_resolved or inbound")
+    field: str | None
     old_value: str | None
-    new_value: str | None
-    source: str = Field(description="platform, or external:<integration>")
-    actor: str
+    new_value: str | None = Field(description="The new value, or a journal entry's text.")
+    source: str | None = Field(description="platform, or external:<integration>")
+    actor: str | None
+    integration: str | None = Field(description="A conflict's or a webhook's integration.")
+    ref: str | None = Field(description="conflict-N or event-N")
+    state: str | None = Field(description="A conflict's status or a webhook's outcome.")
+    detail: str | None
+    applied_at: str | None = Field(description="When a webhook delivery was settled.")
+    winner: str | None = Field(description="A resolved conflict's winner: platform or external.")
+    sent_to: list[SentToOut]
 
 
 # -- integrations ----------------------------------------------------------------------------
@@ -238,6 +268,69 @@ class DeadEntryOut(BaseModel):
 class DeadEntryActionOut(BaseModel):
     entry: str
     action: str = Field(description="retried (queued again with current values) or discarded")
+
+
+class MetricsOut(BaseModel):
+    """The guide's seven metrics, cumulative since the integration was created."""
+
+    outbound_success: int = Field(description="Outbox rows delivered.")
+    outbound_failed: int = Field(description="Failed delivery attempts.")
+    inbound_success: int = Field(description="Webhook events applied (something changed).")
+    inbound_failed: int = Field(
+        description="Deliveries rejected (signature, malformed) or events that failed to apply."
+    )
+    conflicts_detected: int
+    conflicts_resolved: int = Field(description="Resolved automatically by the strategy.")
+    drift_discrepancies: int = Field(description="Discrepancies found by reconcile runs.")
+
+
+class OtherCountersOut(BaseModel):
+    inbound_ignored: int
+    inbound_echo: int = Field(description="Our own writes coming back.")
+    inbound_duplicate: int = Field(description="Deliveries already received.")
+    conflicts_manually_resolved: int
+
+
+class SyncStatusOut(BaseModel):
+    """`im integration sync-status NAME --format json`. Times are null when it never
+    happened."""
+
+    health: str = Field(description="healthy, degraded or failing")
+    reasons: list[str] = Field(description="Every reason that applies, each saying what to do.")
+    integration: str
+    integration_id: int
+    type: str
+    enabled: bool
+    direction: str
+    conflict_strategy: str
+    daemon_running: bool
+    daemon_heartbeat_at: str | None
+    last_webhook_received_at: str | None
+    last_outbound_success_at: str | None
+    last_outbound_failure_at: str | None
+    last_outbound_error: str | None
+    paused: str | None = Field(description="rate-limited or auth-failing while in force, else null")
+    paused_at: str | None
+    paused_until: str | None = Field(description="When a rate-limit pause ends.")
+    backlog: int = Field(description="Outbox rows waiting or being sent.")
+    backlog_oldest_seconds: float | None = Field(description="Age of the oldest waiting row.")
+    dlq_size: int
+    pending_conflicts: int
+    unmappable_events_last_hour: int = Field(
+        description="Inbound events of the last hour with values that have no mapping."
+    )
+    last_reconcile_run_id: str | None = Field(description="run-n")
+    last_reconcile_started_at: str | None
+    last_reconcile_finished_at: str | None
+    last_reconcile_state: str | None = Field(description="running, done or failed")
+    last_reconcile_discrepancies: int | None
+    last_reconcile_error: str | None
+    reconcile_schedule_interval: str | None
+    reconcile_schedule_enabled: bool | None
+    reconcile_next_run_at: str | None
+    checked_at: str
+    metrics: MetricsOut
+    other_counters: OtherCountersOut
 
 
 # -- reconciliation ---------------------------------------------------------------------------

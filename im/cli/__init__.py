@@ -105,10 +105,11 @@ def cli(ctx: click.Context, db_path: Path | None) -> None:
 
 
 def _register() -> None:
-    from im.cli import conflict, daemon, incident, init, integration, sim, token
+    from im.cli import conflict, daemon, doctor, incident, init, integration, sim, token
 
     cli.add_command(init.init)
     cli.add_command(daemon.daemon)
+    cli.add_command(doctor.doctor)
     cli.add_command(incident.incident)
     cli.add_command(conflict.conflict)
     cli.add_command(integration.integration)

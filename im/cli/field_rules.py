@@ -93,7 +93,9 @@ def mapping_set(name: str, field: str, external_field: str, values: tuple[str, .
     """Map FIELD to EXTERNAL_FIELD, optionally with other values."""
     from im.config import fields
 
-    integration, result = fields.set_mapping(app().db, name, field, external_field, list(values))
+    integration, result = fields.set_mapping(
+        app().db, app().clock, name, field, external_field, list(values)
+    )
     shown = ", ".join(f"{k}={v}" for k, v in result.values.items())
     click.echo(
         f"{integration['name']}: {result.field} -> {result.external_field}"
@@ -108,5 +110,5 @@ def mapping_unset(name: str, field: str) -> None:
     """Return FIELD to its type's default mapping."""
     from im.config import fields
 
-    integration, platform_field = fields.unset_mapping(app().db, name, field)
+    integration, platform_field = fields.unset_mapping(app().db, app().clock, name, field)
     click.echo(f"{integration['name']}: {platform_field} has its default mapping again")

@@ -237,13 +237,84 @@ def list_(limit: int, show_all: bool, status: str | None, fmt: str) -> None:
     emit_rows([incident_json(i) for i in found], INCIDENT_COLUMNS, fmt)
 
 
+TIMELINE_COLUMNS = ("time", "what", "origin", "sent to / acknowledged")
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    one_line = " ".join((text or "").split())
+    return one_line if len(one_line) <= width else one_line[: width - 3] + "..."
+
+
+def _what(entry: dict[str, Any]) -> str:
+    kind = entry["kind"]
+    if kind == "change":
+        if entry["old_value"] is None:
+            return f"{entry['field']} = {_short(entry['new_value']) or '(empty)'}"
+        old, new = _short(entry["old_value"]) or "(empty)", _short(entry["new_value"]) or "(empty)"
+        return f"{entry['field']}: {old} -> {new}"
+    if kind == "journal":
+        label = "work note" if entry["field"] == "work_notes" else "comment"
+        return f"{label}: {_short(entry['new_value'])}"
+    if kind == "conflict":
+        return f"{entry['ref']} on {entry['field']} ({entry['state']}): {entry['detail']}"
+    if kind == "conflict_resolved":
+        return f"{entry['ref']} {entry['state']}: {entry['detail']}"
+    settled = f" at {entry['applied_at']}" if entry["applied_at"] else ""
+    return f"webhook {entry['ref']} -> {entry['state']}{settled}: {entry['detail']}"
+
+
+def _sent(send: dict[str, Any]) -> str:
+    if send["state"] == "done":
+        text = f"sent {send['sent_at']}"
+    elif send["sent_at"]:
+        text = f"{send['state']}, written {send['sent_at']}"
+    else:
+        text = send["state"]
+    if send["acked_at"]:
+        text += f", acked {send['acked_at']}"
+    if send["vendor_id"]:
+        text += f" as {send['vendor_id']}"
+    if send["note"]:
+        text += f" ({_short(send['note'], 80)})"
+    return f"{send['integration']}: {text}"
+
+
+def timeline_table_rows(entries: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The timeline as the table shows it: one line per entry."""
+    return [
+        {
+            "time": entry["at"],
+            "what": _what(entry),
+            "origin": f"{entry['source']} ({entry['actor']})"
+            if entry["actor"]
+            else entry["source"],
+            "sent to / acknowledged": "; ".join(_sent(s) for s in entry["sent_to"]),
+        }
+        for entry in entries
+    ]
+
+
 @incident.command()
 @click.argument("incident_id", metavar="INC-N")
 @format_option
 def history(incident_id: str, fmt: str) -> None:
-    """Every change of an incident: field, old and new value, source, actor, time."""
+    """The incident's sync timeline across systems, oldest first.
+
+    Each field change and journal entry with its origin (platform or external:<integration>,
+    and the actor), every integration it was sent to with the state of that send (pending,
+    in the DLQ, cancelled, ...), when the vendor answered and when the echo came back by
+    webhook (acknowledged); conflicts and their resolution; webhook deliveries about the
+    incident, from receipt to applied. With --format json, each entry has the keys at, kind
+    (change, journal, conflict, conflict_resolved, inbound), field, old_value, new_value,
+    source, actor, integration, ref, state, detail, applied_at, winner and sent_to (a list of
+    integration, operation, state, queued_at, sent_at, acked_at, value, vendor_id, attempts,
+    error, dlq_entry, note).
+    """
     from im import incidents
 
     ctx = app()
-    _, changes = incidents.history(ctx.db, incident_id)
-    emit_rows(changes, ("changed_at", "field", "old_value", "new_value", "source", "actor"), fmt)
+    entries = incidents.history(ctx.db, incident_id)
+    if fmt == "table":
+        emit_rows(timeline_table_rows(entries), TIMELINE_COLUMNS, fmt)
+    else:
+        emit_rows(entries, incidents.TIMELINE_KEYS, fmt)

@@ -382,3 +382,39 @@ def events(name: str, limit: int, fmt: str) -> None:
     ]
     columns = ("event", "received_at", "state", "event_type", "external_id", "incident", "outcome")
     emit_rows(rows, columns if fmt == "table" else (*columns, "delivery_id", "attempts"), fmt)
+
+
+@integration.command("sync-status")
+@click.argument("name")
+@format_option
+def sync_status(name: str, fmt: str) -> None:
+    """Show an integration's health (healthy, degraded or failing) with every reason and
+    what to do, then the daemon, the last webhook, the last outbound success and failure,
+    any pause, the outbox backlog and its oldest age, the DLQ size, pending conflicts, the
+    last reconcile and its schedule, and the counters.
+
+    It is a report: it exits 0 whatever the health; to alert, read the "health" key of
+    --format json."""
+    from im.sync import status
+
+    ctx = app()
+    found = status.read(ctx.db, ctx.clock, name).as_json()
+    if fmt != "table":
+        emit_object(found, fmt)
+        return
+    click.echo(f"{found['integration']} ({found['type']}): {found['health']}")
+    for reason in found["reasons"]:
+        click.echo(f"  - {reason}")
+    click.echo()
+    counters = {**found.pop("metrics"), **found.pop("other_counters")}
+    rest = {k: v for k, v in found.items() if k not in ("health", "reasons")}
+    emit_object({k: _shown(k, v) for k, v in rest.items()}, fmt)
+    click.echo()
+    emit_rows([{"counter": k, "value": v} for k, v in counters.items()], ("counter", "value"), fmt)
+
+
+def _shown(key: str, value: Any) -> Any:
+    """What a person reads for a value that is not there."""
+    if value is not None:
+        return value
+    return "never" if key.startswith("last_") and key.endswith("_at") else "-"

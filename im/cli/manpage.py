@@ -58,6 +58,12 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "Inbound webhook secret used by `im integration create` when --webhook-secret is absent.",
     ),
     ("IM_DEBUG", "When set, an unexpected error prints its traceback instead of one line."),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "Send OpenTelemetry spans over OTLP/HTTP to this collector (none when unset).",
+    ),
+    ("OTEL_TRACES_EXPORTER", "otlp, console (spans on standard error) or none."),
+    ("OTEL_SERVICE_NAME", "The service name spans carry (default: im)."),
 )
 
 EXIT_STATUS: dict[ExitCode, str] = {

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from im.clock import Clock, format_time
 from im.config import mapping
 from im.config.integrations import find
 from im.connectors.base import FieldMapping
@@ -89,21 +90,36 @@ def list_mappings(db: Database, name_or_id: str) -> list[dict[str, Any]]:
 
 
 def set_mapping(
-    db: Database, name_or_id: str, field_name: str, external_field: str, values: list[str]
+    db: Database,
+    clock: Clock,
+    name_or_id: str,
+    field_name: str,
+    external_field: str,
+    values: list[str],
 ) -> tuple[dict[str, Any], FieldMapping]:
     """Map a platform field to another external field and/or other values. Writes."""
     with write(db):
         integration, platform_field = _resolve(db, name_or_id, field_name)
         override = mapping.parse_override(platform_field, external_field, values)
         rows.put_override(db, integration["id"], platform_field, override)
+        _changed(db, clock, integration)
         result = mapping_table(db, integration)[platform_field]
     return integration, result
 
 
-def unset_mapping(db: Database, name_or_id: str, field_name: str) -> tuple[dict[str, Any], str]:
+def unset_mapping(
+    db: Database, clock: Clock, name_or_id: str, field_name: str
+) -> tuple[dict[str, Any], str]:
     """Return one field to the type's default mapping. Writes."""
     with write(db):
         integration, platform_field = _resolve(db, name_or_id, field_name)
         if not rows.delete_override(db, integration["id"], platform_field):
             raise StateError(f"{platform_field} already has the default mapping")
+        _changed(db, clock, integration)
     return integration, platform_field
+
+
+def _changed(db: Database, clock: Clock, integration: dict[str, Any]) -> None:
+    """A new mapping changes what the connector sends: a running daemon rebuilds its
+    connector when the integration's updated_at moves."""
+    rows.update(db, integration["id"], {"updated_at": format_time(clock.now())})

@@ -1,5 +1,4 @@
-"""The daemon's ASGI app: health checks and the webhook receiver; the REST API and /metrics
-mount here as they come."""
+"""The daemon's ASGI app: health checks, the webhook receiver, the REST API and /metrics."""
 
 from __future__ import annotations
 
@@ -14,18 +13,19 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
-Webhook = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(
     ready: Callable[[], tuple[bool, str]],
     lifespan: Lifespan | None = None,
-    webhook: Webhook | None = None,
+    webhook: Endpoint | None = None,
     api: ASGIApp | None = None,
+    metrics: Endpoint | None = None,
 ) -> Starlette:
     """``ready()`` says whether the daemon can do its work (database reachable, scheduler
     running) and why not; ``webhook`` answers ``POST /webhooks/{integration}``; ``api`` is
-    the REST API, served under ``/api/v1``."""
+    the REST API, served under ``/api/v1``; ``metrics`` answers ``GET /metrics``."""
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -46,4 +46,6 @@ def create_app(
         routes.append(Route("/webhooks/{integration}", webhook, methods=["POST"]))
     if api is not None:
         routes.append(Mount("/api/v1", app=api))
+    if metrics is not None:
+        routes.append(Route("/metrics", metrics, methods=["GET"]))
     return Starlette(routes=routes, lifespan=lifespan or no_lifespan)

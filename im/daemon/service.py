@@ -6,6 +6,7 @@ given back) well within 10 s."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -46,6 +47,14 @@ class Options:
     @property
     def scheme(self) -> str:
         return "https" if self.tls_cert else "http"
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this machine can reach the server (then /metrics needs no token)."""
+        try:
+            return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
 
 def lock_path(db_path: Path) -> Path:
@@ -122,12 +131,14 @@ class Daemon:
         import uvicorn
 
         from im.api.app import create_api
+        from im.daemon.metrics import MetricsEndpoint
         from im.daemon.server import Server
         from im.daemon.webhooks import WebhookReceiver
 
         self._receiver = WebhookReceiver(self.options.db_path, self.clock)
         api = create_api(self.options.db_path, self.clock)
-        app = create_app(self._ready, self._lifespan, self._receiver.handle, api)
+        metrics = MetricsEndpoint(self.options.db_path, self.clock, self.options.loopback)
+        app = create_app(self._ready, self._lifespan, self._receiver.handle, api, metrics.handle)
         server = Server(
             uvicorn.Config(
                 app,

@@ -11,6 +11,23 @@ from sqlite_utils import Database
 RATE_LIMITED = "rate-limited"
 AUTH_FAILING = "auth-failing"
 
+# SPEC §8's counters: the guide's seven metrics by exactly the guide's names, then the others
+GUIDE_METRICS = (
+    "outbound_success",
+    "outbound_failed",
+    "inbound_success",
+    "inbound_failed",
+    "conflicts_detected",
+    "conflicts_resolved",
+    "drift_discrepancies",
+)
+OTHER_COUNTERS = (
+    "inbound_ignored",
+    "inbound_echo",
+    "inbound_duplicate",
+    "conflicts_manually_resolved",
+)
+
 
 def get(db: Database, integration_id: int) -> dict[str, Any]:
     rows = list(

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
+from im import telemetry
 from im.clock import Clock, format_time
 from im.config import mapping
 from im.config.connection import ConnectorCache, TransportFor
@@ -73,6 +74,10 @@ class Job:
     @property
     def creating(self) -> bool:
         return self.external_id is None
+
+    @property
+    def operation(self) -> str:
+        return "create" if self.creating else "update"
 
     # an earlier create of the pair failed or was in doubt: it may exist already
     earlier_create: bool = False
@@ -297,18 +302,30 @@ class Dispatcher:
 
     def _send(self, job: Job) -> Result:
         result = Result(job)
-        try:
-            if job.broken:
-                raise _gone(job)
-            connector = self._cached_connector(job.integration)
-            external_id = self._send_fields(connector, job, result)
-            self._send_journal(connector, job, result, external_id)
-        except ConnectorError as exc:
-            result.error = exc
-        except Exception as exc:  # an answer we could not read: an attempt, not a stuck row
-            result.error = RetryableError(
-                f"unexpected {type(exc).__name__} while sending: {str(exc)[:200]}"
-            )
+        with telemetry.span(
+            "sync.outbound",
+            job.integration,
+            Direction.OUTBOUND,
+            job.operation,
+            incident_id=job.incident.display_id,
+            external_id=job.external_id,
+            attempt=job.row["attempts"] + 1,
+        ) as span:
+            try:
+                if job.broken:
+                    raise _gone(job)
+                connector = self._cached_connector(job.integration)
+                external_id = self._send_fields(connector, job, result)
+                self._send_journal(connector, job, result, external_id)
+            except ConnectorError as exc:
+                result.error = exc
+            except Exception as exc:  # an answer we could not read: an attempt, not a stuck row
+                result.error = RetryableError(
+                    f"unexpected {type(exc).__name__} while sending: {str(exc)[:200]}"
+                )
+            span.set(external_id=result.record.id if result.record else None)
+            if result.error is not None:
+                span.fail(result.error.message)
         return result
 
     def _send_fields(self, connector: Connector, job: Job, result: Result) -> str:
@@ -501,7 +518,7 @@ class Dispatcher:
         return {
             "integration": job.integration["name"],
             "incident": job.incident.display_id,
-            "operation": "create" if job.creating else "update",
+            "operation": job.operation,
             "external": result.record.key if result.record else job.external_id or "",
             "attempt": job.row["attempts"] + 1,
             "fields": ",".join(sorted(result.sent)),

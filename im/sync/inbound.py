@@ -26,14 +26,20 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from im import incidents
+from im import incidents, telemetry
 from im.clock import Clock, format_time, parse_time
 from im.config import ownership
 from im.config.connection import ConnectorCache, TransportFor, secret
 from im.connectors.base import Connector, ExternalRecord, WebhookEvent, WebhookRequest
 from im.connectors.http import MalformedEventError
 from im.errors import ImError, SignatureError, StateError, ValidationError
-from im.model import SCALAR_FIELDS, ConflictStrategy, Direction, check_transition
+from im.model import (
+    SCALAR_FIELDS,
+    ConflictStrategy,
+    Direction,
+    check_transition,
+    incident_display_id,
+)
 from im.store import conflicts as conflict_rows
 from im.store import dead_letters, links, meta, snapshots, sync_state
 from im.store import inbound as rows
@@ -159,20 +165,21 @@ class Applier:
         stamp = format_time(self.clock.now())
         settled = 0
         for event in rows.due(self.db, stamp, BATCH):
-            try:
-                if self._one(event):
-                    settled += 1
-            except Exception as exc:  # one event that cannot be applied must not stop the rest
-                self._fail(event, exc)
+            with telemetry.span("sync.inbound", None, Direction.INBOUND):
+                try:
+                    if self._one(event):
+                        settled += 1
+                except Exception as exc:  # one event that cannot be applied must not stop the rest
+                    self._fail(event, exc)
         return settled
 
     def _fail(self, stored: dict[str, Any], exc: Exception) -> None:
+        outcome = f"could not be applied ({type(exc).__name__})"
+        span = telemetry.current()
+        span.set(outcome="failed")
+        span.fail(outcome)
         with write(self.db):
-            rows.settle(
-                self.db,
-                stored["id"],
-                {"state": "failed", "outcome": f"could not be applied ({type(exc).__name__})"},
-            )
+            rows.settle(self.db, stored["id"], {"state": "failed", "outcome": outcome})
             sync_state.count(self.db, stored["integration_id"], "inbound_failed")
 
     def purge(self) -> int:
@@ -187,6 +194,7 @@ class Applier:
         integration = integration_rows.find(self.db, str(stored["integration_id"]))
         if integration is None:
             return False
+        telemetry.current().set(**telemetry.about(integration))
         request = WebhookRequest(
             stored["method"],
             stored["path"],
@@ -265,6 +273,9 @@ class Applier:
             else:
                 values["next_attempt_at"] = format_time(now + timedelta(seconds=wait))
             rows.settle(self.db, stored["id"], values)
+        span = telemetry.current()
+        span.set(outcome=values.get("state", "retry"))
+        span.fail(error.message)
 
     def _settle(
         self,
@@ -280,9 +291,21 @@ class Applier:
             "duplicate": "inbound_duplicate",
             "failed": "inbound_failed",
         }[outcome.state]
+        if outcome.state == "applied" and not outcome.applied:
+            # SPEC 8: a success changed a field or a journal; a deletion only breaks the link
+            counter = "inbound_ignored"
         summary = "; ".join(
             ([f"applied {', '.join(outcome.applied)}"] if outcome.applied else []) + outcome.notes
         )
+        span = telemetry.current()
+        span.set(
+            outcome=outcome.state,
+            operation=event.event_type if event else None,
+            incident_id=incident_display_id(outcome.incident_id) if outcome.incident_id else None,
+            external_id=event.external_id if event else None,
+        )
+        if outcome.state == "failed":
+            span.fail(summary)
         with write(self.db):
             sync_state.count(self.db, integration["id"], counter)
             rows.settle(

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
-from im import incidents
+from im import incidents, telemetry
 from im.clock import Clock, format_time, parse_time
 from im.config import mapping, ownership
 from im.config.connection import ConnectorCache, TransportFor
@@ -233,38 +233,56 @@ def _locked_run(
         )
     report = Report(integration["name"], f"run-{run_id}", options.mode)
     cache = ConnectorCache(db, transport_for=transport_for, sleep=sleep)
-    try:
-        connector = cache.get(integration)
-        reconciler = Reconciler(db, clock, integration, connector, options, report)
-        reconciler.run(sleep=sleep, progress=progress, stop=stop)
-    except ImError as exc:
-        report.failed = str(exc)
-    except Exception as exc:  # recorded, never lost: the message could carry anything
-        report.failed = f"internal error ({type(exc).__name__})"
-        raise
-    except BaseException:  # Ctrl-C, or the process told to stop
-        report.failed = "interrupted"
-        raise
-    finally:
-        cache.close()
-        with write(db):
-            runs.finish(
-                db,
-                run_id,
-                {
-                    "state": "failed" if report.failed else "done",
-                    "finished_at": format_time(clock.now()),
-                    "checked": report.checked,
-                    "discrepancies": len(report.discrepancies),
-                    "healed": report.healed,
-                    "errors": report.error_count + (1 if report.failed else 0),
-                    "error": report.failed,
-                },
+    # a run reads the external system against the platform: inbound (each item's span has
+    # the direction of its own action)
+    with telemetry.span(
+        "sync.reconcile",
+        integration,
+        Direction.INBOUND,
+        "reconcile",
+        run_id=report.run_id,
+        mode=options.mode,
+        trigger=options.trigger,
+    ) as span:
+        try:
+            connector = cache.get(integration)
+            reconciler = Reconciler(db, clock, integration, connector, options, report)
+            reconciler.run(sleep=sleep, progress=progress, stop=stop)
+        except ImError as exc:
+            report.failed = str(exc)
+        except Exception as exc:  # recorded, never lost: the message could carry anything
+            report.failed = f"internal error ({type(exc).__name__})"
+            raise
+        except BaseException:  # Ctrl-C, or the process told to stop
+            report.failed = "interrupted"
+            raise
+        finally:
+            cache.close()
+            span.set(
+                checked=report.checked,
+                discrepancies=len(report.discrepancies),
+                healed=report.healed,
             )
-            if report.discrepancies:
-                sync_state.count(
-                    db, integration["id"], "drift_discrepancies", len(report.discrepancies)
+            if report.failed:
+                span.fail(report.failed)
+            with write(db):
+                runs.finish(
+                    db,
+                    run_id,
+                    {
+                        "state": "failed" if report.failed else "done",
+                        "finished_at": format_time(clock.now()),
+                        "checked": report.checked,
+                        "discrepancies": len(report.discrepancies),
+                        "healed": report.healed,
+                        "errors": report.error_count + (1 if report.failed else 0),
+                        "error": report.failed,
+                    },
                 )
+                if report.discrepancies:
+                    sync_state.count(
+                        db, integration["id"], "drift_discrepancies", len(report.discrepancies)
+                    )
     return report
 
 
@@ -309,6 +327,20 @@ def _older(version: str, than: str) -> bool:
     if whole and _ISO.fullmatch(version) and _ISO.fullmatch(than):
         return version[:19] < than[:19]
     return version < than
+
+
+def _item_direction(discrepancy: Discrepancy, integration: Direction) -> Direction:
+    """The way a reconcile item's action moves a change: outbound for a push, a re-created
+    record and a platform journal entry missing there; inbound for the rest (a pull, a new
+    platform incident, an external entry missing here, a link, a conflict, a record only
+    reported). A blocked item is the way the integration does not sync."""
+    action = discrepancy.action
+    if action == drift.BLOCKED:
+        return Direction.INBOUND if integration is Direction.OUTBOUND else Direction.OUTBOUND
+    if action == drift.APPEND_JOURNAL:
+        ours = bool(discrepancy.platform_value) and not discrepancy.external_value
+        return Direction.OUTBOUND if ours else Direction.INBOUND
+    return Direction.OUTBOUND if action in (drift.PUSH, drift.MISSING) else Direction.INBOUND
 
 
 def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -535,6 +567,16 @@ class Reconciler:
 
     def _found(self, discrepancy: Discrepancy) -> None:
         self.report.discrepancies.append(discrepancy)
+        with telemetry.span(
+            "sync.reconcile.item",
+            self.integration,
+            _item_direction(discrepancy, self.direction),
+            discrepancy.action,
+            incident_id=discrepancy.view()["incident_id"],
+            external_id=discrepancy.external_id,
+            field=discrepancy.field,
+        ):
+            pass  # a record of what was found; the heal is the run's (and the outbox's) work
 
     # -- one linked record --------------------------------------------------------------------
 
