@@ -11,9 +11,13 @@ not sync until it is fixed), with a detail that names the problem and the fix:
   or applied without it;
 - per integration: enabled; reachability, TLS, credentials and permissions (the checks of
   `im integration test`, skipped with ``offline``); whether sending is paused (refused
-  credentials FAIL, a rate limit warns); webhook activity (the last delivery received, and
-  failures in the last hour; an inbound or bidirectional integration that never received
-  one warns); the DLQ size (warns when not empty).
+  credentials FAIL, a rate limit warns); webhook activity (the last delivery received;
+  deliveries refused at the door in the last hour, events waiting for a retry, and events
+  that failed or were dead-lettered in the last hour; an inbound or bidirectional
+  integration that never received one warns); the DLQ size (warns when not empty).
+  **Decision:** a refused delivery (not authentic, malformed) is a FAIL while nothing was
+  accepted after it (every delivery is being refused: nothing inbound syncs), and a warning
+  once a later delivery was accepted (a stray or forged request; the secret works).
 
 The checks read; the only write is the one `im integration test` makes itself (credentials
 that work again resume an integration paused for refusing them). The database is opened
@@ -43,6 +47,7 @@ from im.security.secrets import ENV_VAR, MasterKey, find_key, unseal
 from im.store import daemon, meta, schema, sync_state
 from im.store import integrations as integration_rows
 from im.store.db import connect
+from im.sync.inbound import NOT_AUTHENTIC
 
 OK = "ok"
 WARN = "warn"
@@ -381,15 +386,7 @@ def _connection(
 def _pause(db: Database, integration: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
     """The integration's pause while it is in force (as the dispatcher judges it), else None:
     a rate limit until its time; refused credentials until the integration changed after."""
-    state = sync_state.get(db, integration["id"])
-    reason = state.get("pause_reason")
-    if reason == sync_state.RATE_LIMITED:
-        until = state.get("paused_until")
-        return state if until is not None and until > format_time(now) else None
-    if reason == sync_state.AUTH_FAILING:
-        paused_at = state.get("paused_at")
-        return state if paused_at is not None and integration["updated_at"] <= paused_at else None
-    return None
+    return sync_state.pause_in_force(db, integration["id"], format_time(now))
 
 
 def _paused(
@@ -432,21 +429,61 @@ def _paused(
 def _webhooks(db: Database, integration: Mapping[str, Any], now: datetime, report: Report) -> None:
     name = integration["name"]
     receives = Direction(integration["direction"]).receives
+    since = format_time(now - FAILURE_WINDOW)
     last = db.execute(
         "SELECT max(received_at) FROM inbound_events WHERE integration_id = ?",
         [integration["id"]],
     ).fetchone()[0]
+    check = f"{name}: webhooks"
+    if not receives:
+        seen = f"; the last delivery came at {last} and was ignored" if last else ""
+        report.add(check, OK, f"{integration['direction']} only: no webhooks expected{seen}")
+        return
+    problems: list[str] = []
+    status = OK
+    # refused at the door (not authentic, malformed): no event row, only the last one's time
+    # and reason with the integration
+    state = sync_state.get(db, integration["id"])
+    refused_at, refusal = state.get("last_rejected_at"), state.get("last_rejection") or ""
+    if refused_at is not None and refused_at >= since:
+        if last is None or refused_at > last:
+            status = FAIL
+            problems.append(
+                f"deliveries are refused: the last at {refused_at} ({refusal}), and none "
+                f"was accepted since{_refusal_fix(integration, refusal)}"
+            )
+        else:
+            status = WARN
+            problems.append(
+                f"a delivery was refused at {refused_at} ({refusal}), though later ones were "
+                f"accepted{_refusal_fix(integration, refusal)}"
+            )
+    # stored, but not applied: waiting for a retry, or failed / dead-lettered lately
+    retrying, retry_error = db.execute(
+        "SELECT count(*), (SELECT outcome FROM inbound_events WHERE integration_id = :id "
+        "AND state = 'received' AND attempts > 0 ORDER BY id DESC LIMIT 1) "
+        "FROM inbound_events WHERE integration_id = :id AND state = 'received' AND attempts > 0",
+        {"id": integration["id"]},
+    ).fetchone()
     failed, latest = db.execute(
         "SELECT count(*), (SELECT outcome FROM inbound_events WHERE integration_id = :id "
         "AND received_at >= :since AND state IN ('failed', 'dead') ORDER BY id DESC LIMIT 1) "
         "FROM inbound_events WHERE integration_id = :id AND received_at >= :since "
         "AND state IN ('failed', 'dead')",
-        {"id": integration["id"], "since": format_time(now - FAILURE_WINDOW)},
+        {"id": integration["id"], "since": since},
     ).fetchone()
-    check = f"{name}: webhooks"
-    if not receives:
-        seen = f"; the last delivery came at {last} and was ignored" if last else ""
-        report.add(check, OK, f"{integration['direction']} only: no webhooks expected{seen}")
+    if retrying:
+        problems.append(
+            f"{retrying} event(s) could not be applied yet and wait for a retry "
+            f"(latest error: {retry_error})"
+        )
+    if failed:
+        problems.append(f"{failed} delivery(ies) failed in the last hour (latest: {latest})")
+    if problems:
+        status = FAIL if status == FAIL else WARN
+        if retrying or failed:
+            problems.append(f"see `im integration events {name}`")
+        report.add(check, status, "; ".join(problems))
     elif last is None:
         report.add(
             check,
@@ -454,12 +491,20 @@ def _webhooks(db: Database, integration: Mapping[str, Any], now: datetime, repor
             f"no webhook ever received although it is {integration['direction']}: configure "
             f"the external system with what `im integration webhook-setup {name}` prints",
         )
-    elif failed:
-        report.add(
-            check,
-            WARN,
-            f"{failed} delivery(ies) failed in the last hour (latest: {latest}); see "
-            f"`im integration events {name}`",
-        )
     else:
         report.add(check, OK, f"last delivery received at {last}, none failed in the last hour")
+
+
+def _refusal_fix(integration: Mapping[str, Any], refusal: str) -> str:
+    """What to do about a refused delivery, by why it was refused."""
+    if refusal.startswith(NOT_AUTHENTIC):
+        return (
+            f": a signature that does not match means {integration['type']} signs with another "
+            "webhook secret than im's; compare the two with `im integration webhook-setup "
+            f"{integration['name']} --show-secret`, then set the same on both sides (`im "
+            f"integration configure {integration['name']} --webhook-secret-file PATH` here)"
+        )
+    return (
+        f": {integration['type']} sends what im cannot read; check what `im integration "
+        f"webhook-setup {integration['name']}` prints against what is configured there"
+    )

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from im.clock import format_time
+from im.security import signatures
 from im.store import daemon, open_database, write
-from im.store import inbound as inbound_rows
 from tests.conftest import Im
-from tests.two_way import Two, new_incident
+from tests.two_way import SECRET, Two, jira_issue, new_incident
 
 
 def doctor(im: Im, *flags: str, code: int = 0) -> dict[str, Any]:
@@ -194,42 +194,126 @@ def test_webhook_activity_and_the_dlq_warn_with_what_to_do(two: Two) -> None:
     assert checks["prod-pd: webhooks"] == "ok"
     assert detail(report, "prod-pd: webhooks") == "outbound only: no webhooks expected"
 
-    # a change PagerDuty refuses for good waits in the DLQ; a delivery that failed to apply
-    # in the last hour
+    # a change PagerDuty refuses for good waits in the DLQ
     two.sims["prod-pd"].faults.update({"permanent_error": 422})
-    new_incident(two)
+    n = new_incident(two)
     two.sync()
-    db = open_database(two.im.db_path)
-    snow = db.execute("SELECT id FROM integrations WHERE name = 'prod-snow'").fetchone()[0]
-    now = format_time(two.clock.now())
-    with write(db):
-        inbound_rows.store(
-            db,
-            {
-                "integration_id": snow,
-                "received_at": now,
-                "method": "POST",
-                "path": "/webhooks/prod-snow",
-                "body": b"{}",
-                "state": "failed",
-                "outcome": "the record could not be read",
-                "next_attempt_at": now,
-            },
-        )
-    db.close()
     report = doctor(two.im, "--offline")
     assert statuses(report)["prod-pd: dlq"] == "warn"
     assert detail(report, "prod-pd: dlq").startswith(
         "1 change(s) in the dead letter queue: see `im integration dlq prod-pd`"
     )
-    assert statuses(report)["prod-snow: webhooks"] == "warn"
-    assert detail(report, "prod-snow: webhooks") == (
-        "1 delivery(ies) failed in the last hour (latest: the record could not be read); see "
-        "`im integration events prod-snow`"
+    assert statuses(report)["prod-snow: webhooks"] == "ok"
+
+    # ServiceNow's Business Rule signs with another secret: every delivery is refused (401),
+    # which leaves no event row, and nothing inbound syncs
+    two.clock.advance(5)
+    heartbeat(two)
+    assert snow_delivery(two, "whsec_YW5vdGhlci1zZWNyZXQtYWx0b2dldGhlcg==").status_code == 401
+    report = doctor(two.im, "--offline", code=1)
+    assert statuses(report)["prod-snow: webhooks"] == "FAIL"
+    refused = detail(report, "prod-snow: webhooks")
+    assert refused.startswith(
+        "deliveries are refused: the last at 2026-11-27T09:00:05.000Z (not authentic: "
     )
+    assert "none was accepted since" in refused
+    assert "compare the two with `im integration webhook-setup prod-snow --show-secret`" in refused
+    assert SECRET["prod-snow"] not in json.dumps(report)
+    assert [c for c, s in statuses(report).items() if s == "FAIL"] == ["prod-snow: webhooks"]
+
+    # fixed there: an agent's edit is delivered and accepted; the refusal only warns now
+    two.clock.advance(5)
+    heartbeat(two)
+    with two.agent("prod-snow") as agent:
+        answer = agent.patch(
+            f"/api/now/table/incident/{two.external_id('prod-snow', n)}",
+            json={"work_notes": "Failover done"},
+        )
+    assert answer.status_code == 200
+    two.deliver()
+    report = doctor(two.im, "--offline")
+    assert statuses(report)["prod-snow: webhooks"] == "warn"
+    assert detail(report, "prod-snow: webhooks").startswith(
+        "a delivery was refused at 2026-11-27T09:00:05.000Z (not authentic: "
+    )
+    assert "though later ones were accepted" in detail(report, "prod-snow: webhooks")
     two.clock.advance(3601)
     heartbeat(two)
-    assert statuses(doctor(two.im, "--offline"))["prod-snow: webhooks"] == "ok"
+    report = doctor(two.im, "--offline")
+    assert statuses(report)["prod-snow: webhooks"] == "ok"
+    assert detail(report, "prod-snow: webhooks") == (
+        "last delivery received at 2026-11-27T09:00:10.000Z, none failed in the last hour"
+    )
+
+
+def snow_delivery(two: Two, secret: str) -> httpx.Response:
+    """A delivery to the daemon's ServiceNow endpoint, signed with ``secret``."""
+    body = json.dumps({"type": "incident.updated", "sys_id": "0123"}).encode()
+    stamp = two.clock.now()
+    return two.daemon.post(
+        "/webhooks/prod-snow",
+        content=body,
+        headers={
+            "webhook-id": "msg_refused",
+            "webhook-timestamp": str(int(stamp.timestamp())),
+            "webhook-signature": signatures.standard_webhooks_sign(
+                secret, "msg_refused", stamp, body
+            ),
+        },
+    )
+
+
+def test_a_malformed_delivery_warns_once_a_later_one_is_accepted(two: Two) -> None:
+    heartbeat(two)
+    new_incident(two)
+    two.sync()
+    body = b'{"event": null}'
+    answer = two.daemon.post(
+        "/webhooks/prod-pd",
+        content=body,
+        headers={"X-PagerDuty-Signature": signatures.pagerduty_signature(SECRET["prod-pd"], body)},
+    )
+    assert answer.status_code == 422
+    report = doctor(two.im, "--offline")  # the same instant as the accepted ones: a warning
+    assert statuses(report)["prod-pd: webhooks"] == "warn"
+    malformed = detail(report, "prod-pd: webhooks")
+    assert '(malformed: the delivery has no "event" object)' in malformed
+    assert "pagerduty sends what im cannot read" in malformed
+    assert "--show-secret" not in malformed
+
+
+def test_events_retried_or_failed_to_apply_warn(two: Two) -> None:
+    heartbeat(two)
+    n = new_incident(two)
+    two.sync()
+    # an agent pastes a tab into a linked issue's summary: authentic, but it fails to apply
+    two.clock.advance(5)
+    with two.agent("prod-jira") as agent:
+        answer = agent.put(
+            f"/rest/api/3/issue/{two.external_id('prod-jira', n)}",
+            json={"fields": {"summary": "Checkout\tAPI"}},
+        )
+    assert answer.status_code == 204
+    two.deliver()
+    # an issue made by hand whose create webhook is lost: its edit cannot be read (Jira
+    # answers 500), so the event waits for a retry
+    jira = two.sims["prod-jira"]
+    jira.faults.update({"drop_webhooks": 1})
+    made = jira_issue(two, "made by hand")
+    jira.faults.update({"drop_webhooks": 0})
+    with two.agent("prod-jira") as agent:
+        answer = agent.put(f"/rest/api/3/issue/{made}", json={"fields": {"summary": "edited"}})
+    assert answer.status_code == 204
+    jira.faults.update({"error_rate": 1})
+    two.deliver()
+    report = doctor(two.im, "--offline")
+    assert statuses(report)["prod-jira: webhooks"] == "warn"
+    assert detail(report, "prod-jira: webhooks") == (
+        "1 event(s) could not be applied yet and wait for a retry (latest error: GET "
+        "/rest/api/3/issue/10002: 500 simulated internal error); 1 delivery(ies) failed in the "
+        "last hour (latest: title must not contain control characters); see `im integration "
+        "events prod-jira`"
+    )
 
 
 def test_database_problems_fail_with_the_fix(initialised: Im) -> None:

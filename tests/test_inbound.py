@@ -16,6 +16,8 @@ from im.daemon.app import create_app
 from im.daemon.webhooks import WebhookReceiver
 from im.security import signatures
 from im.sim.transport import ASGIBridge
+from im.store import integrations as integration_rows
+from im.store import sync_state
 from tests.two_way import SECRET, Two, jira_issue, new_incident
 
 
@@ -199,6 +201,22 @@ def test_what_is_not_authentic_is_refused_and_applies_nothing(two: Two) -> None:
     assert two.daemon.post("/webhooks/nope", content=b"{}").status_code == 404
     assert two.counters("prod-pd")["inbound_failed"] == 4
     assert two.events("prod-pd") == []
+    # no event row: when and why the last one was refused is kept with the integration
+    state = rejection(two, "prod-pd")
+    assert state == ("2026-11-27T09:00:00.000Z", "malformed: the body is not UTF-8 JSON")
+    two.clock.advance(3)
+    assert _pd_post(two, body, {"X-PagerDuty-Signature": "v1=00"}).status_code == 401
+    at, reason = rejection(two, "prod-pd")
+    assert at == "2026-11-27T09:00:03.000Z" and reason.startswith("not authentic: ")
+    assert SECRET["prod-pd"] not in reason and reason.removeprefix("not authentic: ")
+    assert rejection(two, "prod-jira") == (None, None)
+
+
+def rejection(two: Two, name: str) -> tuple[str | None, str | None]:
+    row = integration_rows.find(two.db(), name)
+    assert row is not None
+    state = sync_state.get(two.db(), row["id"])
+    return state.get("last_rejected_at"), state.get("last_rejection")
 
 
 def test_an_expired_standard_webhooks_delivery_is_refused(two: Two) -> None:
@@ -349,6 +367,7 @@ def test_an_authentic_but_malformed_delivery_is_a_422_with_the_reason(
     assert answer.json()["error"]["message"] == reason
     assert two.events("prod-pd") == []
     assert two.counters("prod-pd")["inbound_failed"] == 1
+    assert rejection(two, "prod-pd") == ("2026-11-27T09:00:00.000Z", f"malformed: {reason}")
 
 
 def test_a_deleted_record_breaks_its_link_without_counting_as_a_success(two: Two) -> None:
@@ -363,3 +382,111 @@ def test_a_deleted_record_breaks_its_link_without_counting_as_a_success(two: Two
     assert ("prod-jira", "broken") in {(link["integration"], link["state"]) for link in links}
     assert two.counters("prod-jira").get("inbound_success", 0) == before
     assert two.counters("prod-jira")["inbound_ignored"] >= 1
+
+
+def paste_a_tab_in_jira(two: Two, n: int) -> None:
+    """An agent pastes a tab into a linked issue's summary: authentic, but the platform
+    refuses the title (control characters), so the event fails to apply."""
+    two.clock.advance(5)
+    with two.agent("prod-jira") as agent:
+        answer = agent.put(
+            f"/rest/api/3/issue/{two.external_id('prod-jira', n)}",
+            json={"fields": {"summary": "Checkout\tAPI 5xx"}},
+        )
+    assert answer.status_code == 204
+    two.deliver()
+
+
+def test_an_event_that_fails_to_apply_keeps_its_incident_for_the_history(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    paste_a_tab_in_jira(two, n)
+    [failed, _echo] = two.events("prod-jira")
+    assert (failed["state"], failed["outcome"]) == (
+        "failed",
+        "title must not contain control characters",
+    )
+    assert (failed["event_type"], failed["external_id"], failed["incident"]) == (
+        "jira:issue_updated",
+        two.external_id("prod-jira", n),
+        f"INC-{n}",
+    )
+    assert two.counters("prod-jira")["inbound_failed"] == 1
+    history = json.loads(two.im.ok("incident", "history", f"INC-{n}", "--format", "json"))
+    [entry] = [e for e in history if e["kind"] == "inbound" and e["state"] == "failed"]
+    assert entry["integration"] == "prod-jira"
+    assert "control characters" in entry["detail"]
+    assert two.incident(n)["title"] == "Checkout API 5xx"
+
+
+def test_an_event_waiting_for_a_retry_says_what_it_is_about(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    paste_a_tab_in_jira(two, n)  # an agent's edit: the applier knows the agent from here on
+    # an issue made by hand whose create webhook is lost; its edit comes, and reading the
+    # unknown issue fails (Jira answers 500) until it is dead-lettered
+    jira = two.sims["prod-jira"]
+    jira.faults.update({"drop_webhooks": 1})
+    made = jira_issue(two, "made by hand")
+    jira.faults.update({"drop_webhooks": 0})
+    two.clock.advance(5)
+    with two.agent("prod-jira") as agent:
+        answer = agent.put(f"/rest/api/3/issue/{made}", json={"fields": {"summary": "edited"}})
+        assert answer.status_code == 204
+        issue_id = agent.get(f"/rest/api/3/issue/{made}").json()["id"]
+    jira.faults.update({"error_rate": 1})
+    two.deliver()
+    [waiting] = [e for e in two.events("prod-jira") if e["state"] == "received"]
+    assert waiting["attempts"] == 1 and "500" in waiting["outcome"]
+    assert (waiting["event_type"], waiting["external_id"]) == ("jira:issue_updated", issue_id)
+    assert waiting["incident"] == ""  # not linked: no incident yet
+    for wait in (30, 120, 480, 1800):
+        two.clock.advance(wait)
+        two.applier.step()
+    [dead] = [e for e in two.events("prod-jira") if e["state"] == "dead"]
+    assert (dead["event_type"], dead["external_id"]) == ("jira:issue_updated", issue_id)
+
+
+def pd_note_counters(two: Two) -> dict[str, int]:
+    names = ("outbound_success", "inbound_echo", "inbound_ignored", "inbound_success")
+    return {c: two.counters("prod-pd").get(c, 0) for c in names}
+
+
+def test_our_work_note_coming_back_from_pagerduty_is_an_echo(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    before = pd_note_counters(two)
+    two.clock.advance(10)
+    two.im.ok("incident", "comment", f"INC-{n}", "--work-note", "Pager muted for 10 min")
+    two.sync()
+    after = pd_note_counters(two)
+    assert after == {
+        **before,
+        "outbound_success": before["outbound_success"] + 1,
+        "inbound_echo": before["inbound_echo"] + 1,
+    }
+    [annotated] = [e for e in two.events("prod-pd") if e["event_type"] == "incident.annotated"]
+    assert (annotated["state"], annotated["incident"]) == ("echo", f"INC-{n}")
+
+
+def test_our_work_note_whose_answer_was_lost_is_an_echo_when_it_comes_back(two: Two) -> None:
+    n = new_incident(two)
+    two.sync()
+    before = pd_note_counters(two)
+    # PagerDuty writes the note, but its answer is lost: the send is in doubt and the note's
+    # id unknown when its webhook comes back, matched by its text
+    two.sims["prod-pd"].faults.update({"write_timeout_rate": 1})
+    two.clock.advance(10)
+    two.im.ok("incident", "comment", f"INC-{n}", "--work-note", "Pager muted for 10 min")
+    two.dispatcher.step()
+    two.sims["prod-pd"].faults.update({"write_timeout_rate": 0})
+    two.deliver()
+    [annotated] = [e for e in two.events("prod-pd") if e["event_type"] == "incident.annotated"]
+    assert annotated["state"] == "echo"
+    after = pd_note_counters(two)
+    assert after["inbound_echo"] == before["inbound_echo"] + 1
+    assert after["inbound_ignored"] == before["inbound_ignored"]
+    assert after["inbound_success"] == before["inbound_success"]
+    with two.agent("prod-pd") as agent:
+        notes = agent.get(f"/incidents/{two.external_id('prod-pd', n)}/notes").json()["notes"]
+    assert [note["content"] for note in notes] == ["Pager muted for 10 min"]

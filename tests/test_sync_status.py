@@ -120,6 +120,7 @@ def test_a_synced_integration_with_a_live_daemon_is_healthy_and_says_what_it_kno
         "last_reconcile_finished_at": None,
         "last_reconcile_state": None,
         "last_reconcile_discrepancies": None,
+        "last_reconcile_unresolved": None,
         "last_reconcile_error": None,
         "reconcile_schedule_interval": None,
         "reconcile_schedule_enabled": None,
@@ -310,10 +311,14 @@ def test_a_reconcile_that_found_drift_degrades_until_a_run_finds_none(two: Two) 
     assert (shown["last_reconcile_state"], shown["last_reconcile_discrepancies"]) == ("done", 1)
     assert shown["last_reconcile_started_at"] and shown["last_reconcile_finished_at"]
     [reason] = shown["reasons"]
-    assert reason.startswith("the last reconcile (run-1, ") and "found 1 discrepancies" in reason
-    assert "im integration reconcile prod-jira --auto-heal" in reason
-    run(two, "prod-jira", "--auto-heal")  # finds it too, and heals it
-    assert status(two)["health"] == "degraded"
+    assert (
+        reason.startswith("the last reconcile (run-1, ")
+        and "left 1 discrepancies to act on" in reason
+    )
+    assert "im integration reconcile prod-jira --dry-run" in reason
+    healed = run(two, "prod-jira", "--auto-heal")  # finds it too, and heals it
+    assert healed["healed"] == 1
+    assert status(two)["health"] == "healthy"  # nothing left to act on
     two.sync()
     run(two, "prod-jira", "--dry-run")
     shown = status(two)
@@ -346,7 +351,7 @@ def test_a_scheduled_reconcile_older_than_2_hours_degrades(two: Two) -> None:
         shown = status(two)
         assert shown["health"] == "degraded"
         assert shown["reasons"] == [
-            f"the scheduled reconcile ran at {ran_at} (over 2h ago): check that the daemon "
+            f"the scheduled reconcile last worked at {ran_at} (over 2h ago): check that the daemon "
             "runs and `im integration reconcile history prod-jira`"
         ]
         [second] = runner.tick()
@@ -556,3 +561,55 @@ def test_the_api_answers_what_the_cli_shows(two: Two) -> None:
         schema = api.get("/openapi.json").json()["components"]["schemas"]
         assert list(schema["MetricsOut"]["properties"]) == list(METRICS)
     bridge.shutdown()
+
+
+def test_drift_that_only_the_direction_blocks_does_not_degrade(two: Two) -> None:
+    """An outbound-only integration reports an agent's edit of a field ServiceNow owns as
+    blocked-by-direction on every run: a report, nothing anyone can heal."""
+    from tests.test_reconcile import run, snow_patch, snow_user
+
+    n = new_incident(two)
+    two.sync()
+    two.im.ok("integration", "configure", "prod-snow", "--direction", "outbound")
+    two.clock.advance(10)
+    snow_patch(two, n, {"assigned_to": snow_user(two, "bob@example.com")})
+    report = run(two, "prod-snow", "--auto-heal")
+    assert {d["action"] for d in report["discrepancies"]} == {"blocked-by-direction"}
+    shown = json.loads(two.im.ok("integration", "sync-status", "prod-snow", "--format", "json"))
+    assert (shown["last_reconcile_discrepancies"], shown["last_reconcile_unresolved"]) == (1, 0)
+    assert not [r for r in shown["reasons"] if "reconcile" in r]
+
+
+def test_a_failing_scheduled_reconcile_degrades_and_goes_stale(two: Two) -> None:
+    two.im.ok("integration", "reconcile", "schedule", "prod-jira", "--interval", "1h")
+    two.sims["prod-jira"].faults.update({"error_rate": 1})
+    for _ in range(3):
+        two.clock.advance(3600)
+        assert two.im("integration", "reconcile", "prod-jira").exit_code == 1
+    shown = json.loads(two.im.ok("integration", "sync-status", "prod-jira", "--format", "json"))
+    assert shown["health"] in ("degraded", "failing")
+    assert any("reconcile (run-3" in r and "failed" in r for r in shown["reasons"])
+    assert any("scheduled reconcile has not worked since it was set" in r for r in shown["reasons"])
+
+
+def test_new_field_mapping_does_not_lift_a_pause_for_refused_credentials(two: Two) -> None:
+    two.im.ok("integration", "configure", "prod-pd", "--api-token", "revoked-token")
+    two.clock.advance(1)
+    new_incident(two)
+    two.sync()
+    shown = json.loads(two.im.ok("integration", "sync-status", "prod-pd", "--format", "json"))
+    assert shown["paused"] == "auth-failing"
+    two.clock.advance(1)
+    two.im.ok(
+        "integration",
+        "field-mapping",
+        "set",
+        "prod-pd",
+        "severity",
+        "urgency",
+        "--value",
+        "sev1=high",
+    )
+    shown = json.loads(two.im.ok("integration", "sync-status", "prod-pd", "--format", "json"))
+    assert shown["paused"] == "auth-failing"
+    assert shown["backlog"] == 1  # nothing was sent with the refused token

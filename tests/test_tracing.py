@@ -174,6 +174,51 @@ def test_every_sync_operation_has_a_span_with_its_attributes(
         assert attributes(item)["sync.external_id"] == two.external_id("prod-snow", n)
 
 
+def test_inbound_events_that_fail_or_wait_for_a_retry_say_what_they_are_about(
+    two: Two, spans: InMemorySpanExporter
+) -> None:
+    n = new_incident(two)
+    two.sync()
+    issue = two.external_id("prod-jira", n)
+    # an agent pastes a tab into the linked issue's summary: it fails to apply
+    two.clock.advance(5)
+    with two.agent("prod-jira") as agent:
+        agent.put(f"/rest/api/3/issue/{issue}", json={"fields": {"summary": "Checkout\tAPI"}})
+    spans.clear()
+    two.deliver()
+    [failed] = named(spans, "sync.inbound")
+    assert failed.status.status_code is StatusCode.ERROR
+    assert attributes(failed)["sync.outcome"] == "failed"
+    assert complete(failed)
+    assert attributes(failed)["sync.operation"] == "jira:issue_updated"
+    assert attributes(failed)["sync.incident_id"] == f"INC-{n}"
+    assert attributes(failed)["sync.external_id"] == issue
+
+    # an issue made by hand whose create webhook is lost: reading it fails (Jira answers
+    # 500), so its edit waits for a retry, then goes to the DLQ
+    jira = two.sims["prod-jira"]
+    jira.faults.update({"drop_webhooks": 1})
+    made = jira_issue(two, "made by hand")
+    jira.faults.update({"drop_webhooks": 0})
+    two.clock.advance(5)
+    with two.agent("prod-jira") as agent:
+        agent.put(f"/rest/api/3/issue/{made}", json={"fields": {"summary": "edited"}})
+        made_id = agent.get(f"/rest/api/3/issue/{made}").json()["id"]
+    jira.faults.update({"error_rate": 1})
+    spans.clear()
+    two.deliver()
+    for wait in (30, 120, 480, 1800):
+        two.clock.advance(wait)
+        two.applier.step()
+    tries = named(spans, "sync.inbound")
+    assert [attributes(s)["sync.outcome"] for s in tries] == ["retry"] * 4 + ["dead"]
+    for span in tries:
+        assert span.status.status_code is StatusCode.ERROR
+        assert attributes(span)["sync.operation"] == "jira:issue_updated"
+        assert attributes(span)["sync.external_id"] == made_id
+        assert "sync.incident_id" not in attributes(span)  # not linked: no incident
+
+
 @pytest.mark.parametrize(
     ("environ", "wanted"),
     [

@@ -324,6 +324,10 @@ class SyncStatusOut(BaseModel):
     last_reconcile_finished_at: str | None
     last_reconcile_state: str | None = Field(description="running, done or failed")
     last_reconcile_discrepancies: int | None
+    last_reconcile_unresolved: int | None = Field(
+        description="What that run left for a person or a healing run (not blocked, shadowed "
+        "or out-of-scope reports)."
+    )
     last_reconcile_error: str | None
     reconcile_schedule_interval: str | None
     reconcile_schedule_enabled: bool | None
@@ -382,6 +386,7 @@ class ReconcileRunOut(BaseModel):
     checked: int
     discrepancies: int
     healed: int
+    unresolved: int = Field(description="What the run left for a person or a healing run.")
     errors: int
     error: str
 

@@ -40,8 +40,6 @@ HISTORY_COLUMNS = (
     "errors",
 )
 RUN = "run"
-# what --auto-heal acts on (missing-external only with --recreate-missing)
-HEALABLE = frozenset({"push", "pull", "append-journal", "create-platform", "link"})
 
 
 class ReconcileGroup(click.Group):
@@ -107,6 +105,8 @@ def _print_report(report: Report, fmt: str, seconds: float) -> None:
     if rows:
         emit_rows(rows, DISCREPANCY_COLUMNS, fmt)
     verb = "healed" if report.mode == "auto-heal" else "would heal"
+    from im.sync.drift import HEALABLE
+
     healable = sum(1 for d in report.discrepancies if d.action in HEALABLE)
     summary = (
         f"{report.integration} {report.run_id} ({report.mode}): checked {report.checked}, "

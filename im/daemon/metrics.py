@@ -4,7 +4,10 @@ Counters and gauges live in the database, written by every process (daemon, CLI,
 they are read at scrape time on a connection of the scrape's own rather than kept in this
 process. Propagation times are observed from the rows that finished since the last scrape
 (the dispatcher and the applier stay unaware of metrics), into histograms that are cumulative
-for the daemon's life.
+for the daemon's life. The first scrape after a (re)start observes nothing: it sets the
+watermark at the newest row and tracks only the rows still open then, whose completion later
+scrapes observe. What finished before it was observed by the previous daemon (Prometheus
+sees the reset histogram start again), so taking it again would count it twice.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from im.api.errors import database_error, error_response, known_error
-from im.clock import Clock, format_time, parse_time
+from im.clock import Clock, parse_time
 from im.errors import ImError
 from im.security import tokens
 from im.store import integrations as integration_rows
@@ -35,9 +38,6 @@ from im.store.outbox import LIVE_STATES
 COUNTERS = sync_state.GUIDE_METRICS + sync_state.OTHER_COUNTERS
 # from a frozen clock's 0 to a retried send: 10 ms to 30 s, the rest in +Inf
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# a scrape after a (re)start does not know what earlier scrapes observed: it takes the last
-# hour only, rather than the whole history at once
-FIRST_WINDOW = timedelta(hours=1)
 LABELS = ["integration", "type"]
 
 
@@ -56,18 +56,19 @@ class Finishing:
     after: int | None = None  # every row above this id is new; None before the first scrape
     waiting: set[int] = field(default_factory=set)  # older rows that were open when last seen
 
-    def read(self, db: Database, now: datetime) -> tuple[list[float], int, set[int]]:
+    def read(self, db: Database) -> tuple[list[float], int, set[int]]:
         """The durations of rows finished since the last scrape, and the next watermark and
         waiting set (kept only once the whole scrape succeeded). A bare id watermark would
-        miss a row that finishes after a newer one, hence the rows still open below it."""
+        miss a row that finishes after a newer one, hence the rows still open below it. The
+        first scrape (no watermark yet) only notes the rows still open: no backfill, since
+        what finished before it was already observed by the daemon that ran then."""
         top = db.execute(f"SELECT coalesce(max(id), 0) FROM {self.table}").fetchone()[0]
         columns = f"id, state, {self.start}, {self.end} FROM {self.table}"
-        open_marks = ", ".join("?" for _ in self.open)
         if self.after is None:
+            open_marks = ", ".join("?" for _ in self.open)
             rows = db.execute(
-                f"SELECT {columns} WHERE id <= ? AND (state IN ({open_marks}) "
-                f"OR (state = ? AND {self.end} >= ?))",
-                [top, *self.open, self.done, format_time(now - FIRST_WINDOW)],
+                f"SELECT {columns} WHERE id <= ? AND state IN ({open_marks})",
+                [top, *self.open],
             ).fetchall()
         else:
             rows = db.execute(
@@ -121,7 +122,7 @@ class SyncCollector:
             try:
                 db.execute("BEGIN")  # one snapshot: counters, gauges and rows agree
                 families = _families(db, now)
-                finished = [kind.read(db, now) for kind in self._finishing]
+                finished = [kind.read(db) for kind in self._finishing]
             finally:
                 db.close()
             for kind, (seconds, after, waiting) in zip(self._finishing, finished, strict=True):

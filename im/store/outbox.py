@@ -139,7 +139,7 @@ def reap(db: Database, now: str, every: bool = False) -> int:
 def due(db: Database, now: str, limit: int) -> list[dict[str, Any]]:
     """Rows to send now, at most one per (incident, integration): the oldest live row of each
     pair, when its time has come and its integration is enabled and not paused. An auth pause
-    ends when the integration changed (new credentials) after it began."""
+    ends when new credentials are set after it began (sync_state.pause_in_force)."""
     return [
         _decode(r)
         for r in db.query(
@@ -151,7 +151,8 @@ def due(db: Database, now: str, limit: int) -> list[dict[str, Any]]:
               AND o.next_attempt_at <= :now AND i.enabled = 1
               AND (s.paused_until IS NULL OR s.paused_until <= :now)
               AND NOT (COALESCE(s.pause_reason, '') = 'auth-failing'
-                       AND i.updated_at <= s.paused_at)
+                       AND COALESCE((SELECT max(c.updated_at) FROM integration_secrets c
+                                     WHERE c.integration_id = i.id), '') <= s.paused_at)
               AND (s.next_send_at IS NULL OR s.next_send_at <= :now)
               AND NOT EXISTS (
                   SELECT 1 FROM outbox p

@@ -50,8 +50,18 @@ def history(db: Database, integration_id: int, limit: int) -> list[dict[str, Any
     )
 
 
-def last(db: Database, integration_id: int) -> dict[str, Any] | None:
-    rows = history(db, integration_id, 1)
+def last(
+    db: Database, integration_id: int, states: tuple[str, ...] = ("running", "done", "failed")
+) -> dict[str, Any] | None:
+    """The newest run in one of ``states``."""
+    marks = ", ".join("?" for _ in states)
+    rows = list(
+        db.query(
+            f"SELECT * FROM reconcile_runs WHERE integration_id = ? AND state IN ({marks}) "
+            "ORDER BY id DESC LIMIT 1",
+            [integration_id, *states],
+        )
+    )
     return rows[0] if rows else None
 
 

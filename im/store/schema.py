@@ -386,6 +386,24 @@ def _drift_times(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0009_monitoring")
+def _monitoring(db: Database) -> None:
+    # What sync-status, doctor, /metrics and the incident timeline read, indexed; a refused
+    # delivery leaves no event row, so its time and reason are kept with the integration; a
+    # reconcile run keeps how much of what it found is still left to heal.
+    _run(
+        db,
+        """
+        CREATE INDEX inbound_events_received ON inbound_events(integration_id, received_at);
+        CREATE INDEX inbound_events_incident ON inbound_events(incident_id);
+        CREATE INDEX pushes_incident ON pushes(incident_id);
+        ALTER TABLE integration_state ADD COLUMN last_rejected_at TEXT;
+        ALTER TABLE integration_state ADD COLUMN last_rejection TEXT;
+        ALTER TABLE reconcile_runs ADD COLUMN unresolved INTEGER NOT NULL DEFAULT 0
+        """,
+    )
+
+
 def pending(db: Database) -> list[str]:
     return [m.name for m in MIGRATIONS.pending(db)]
 

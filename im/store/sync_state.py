@@ -103,3 +103,31 @@ def counters(db: Database, integration_id: int) -> dict[str, int]:
             "SELECT name, value FROM counters WHERE integration_id = ?", [integration_id]
         )
     }
+
+
+def credentials_changed_at(db: Database, integration_id: int) -> str:
+    """When the integration's secrets last changed ("" when it has none)."""
+    row = db.execute(
+        "SELECT max(updated_at) FROM integration_secrets WHERE integration_id = ?",
+        [integration_id],
+    ).fetchone()
+    return str(row[0]) if row and row[0] else ""
+
+
+def pause_in_force(db: Database, integration_id: int, now: str) -> dict[str, Any] | None:
+    """The integration's state while a pause holds, as the dispatcher judges it (outbox.due):
+    a rate limit until its time; refused credentials until new ones are set after the pause
+    began (or `im integration test` passes and lifts it). None when sending may go on."""
+    state = get(db, integration_id)
+    reason = state.get("pause_reason")
+    if reason == RATE_LIMITED:
+        return state if (state.get("paused_until") or "") > now else None
+    if reason == AUTH_FAILING:
+        paused_at = state.get("paused_at") or ""
+        return state if credentials_changed_at(db, integration_id) <= paused_at else None
+    return None
+
+
+def rejected(db: Database, integration_id: int, at: str, reason: str) -> None:
+    """A delivery refused at the door (not authentic, malformed): it leaves no event row."""
+    _put(db, integration_id, {"last_rejected_at": at, "last_rejection": reason})

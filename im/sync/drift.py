@@ -25,6 +25,13 @@ LINK = "link"
 DUPLICATE = "duplicate-external"
 REFUSED = "refused"  # a pull the platform cannot take (closed is final, not an email, ...)
 OUT_OF_SCOPE = "out-of-scope"  # a linked record that left the integration's scope
+# what a person or --auto-heal must still act on: left after a run, it makes the integration
+# degraded (blocked, shadowed and out-of-scope items are reports; a conflict is its own reason)
+NEEDS_ACTION = frozenset(
+    {PUSH, PULL, APPEND_JOURNAL, CREATE_PLATFORM, LINK, MISSING, DUPLICATE, REFUSED}
+)
+# what --auto-heal acts on (missing-external only with --recreate-missing)
+HEALABLE = frozenset({PUSH, PULL, APPEND_JOURNAL, CREATE_PLATFORM, LINK})
 # a concurrent change on a bidirectional integration: the conflict rules decide (SPEC §6)
 CONCURRENT = "concurrent"
 

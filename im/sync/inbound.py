@@ -55,6 +55,9 @@ SENSITIVE_HEADERS = frozenset(
 )
 BATCH = 50
 _OUR_KEY = re.compile(r"im:(?P<install>[^:]+):INC-(?P<n>[0-9]+)")
+# how a refusal's reason begins (integration_state.last_rejection; `im doctor` reads it)
+NOT_AUTHENTIC = "not authentic"
+MALFORMED = "malformed"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,15 @@ def _error(status: int, code: str, message: str) -> Answer:
 
 def _without_jwt(query: str) -> str:
     return "&".join(p for p in query.split("&") if p and not p.startswith("jwt="))
+
+
+def _refused(db: Database, integration_id: int, stamp: str, reason: str) -> None:
+    """A delivery refused at the door leaves no event row: count it and keep when and why
+    with the integration (for `im doctor`), in one transaction. ``reason`` is what the
+    answer says, never a secret."""
+    with write(db):
+        sync_state.count(db, integration_id, "inbound_failed")
+        sync_state.rejected(db, integration_id, stamp, reason)
 
 
 def receive(
@@ -98,12 +110,10 @@ def receive(
         except (ValueError, UnicodeDecodeError):
             problem = "the body is not UTF-8 JSON"
     except SignatureError as exc:
-        with write(db):
-            sync_state.count(db, integration_id, "inbound_failed")
+        _refused(db, integration_id, stamp, f"{NOT_AUTHENTIC}: {exc.message}")
         return _error(401, "unauthenticated", exc.message)
     if problem:  # authentic, but not something the vendor would send
-        with write(db):
-            sync_state.count(db, integration_id, "inbound_failed")
+        _refused(db, integration_id, stamp, f"{MALFORMED}: {problem}")
         return _error(400 if "JSON" in problem else 422, "malformed", problem)
     state, outcome = "received", None
     if not integration["enabled"]:
@@ -205,6 +215,10 @@ class Applier:
         try:
             connector = self._cache.get(integration)
             event = connector.parse_webhook(request)
+            if event is not None:
+                # known from here on, whatever then happens to the event (retried, failed,
+                # crashed): `im incident history`, `im integration events` and the span say it
+                self._identify(stored, integration, event)
             record = self._record_if_needed(connector, integration, event)
         except MalformedEventError as exc:
             self._settle(stored, integration, Outcome("failed", notes=[exc.message]))
@@ -229,6 +243,32 @@ class Applier:
                     outcome = Outcome("failed", notes=[exc.message])
             self._settle(stored, integration, outcome, event)
         return True
+
+    def _identify(
+        self, stored: dict[str, Any], integration: Mapping[str, Any], event: WebhookEvent
+    ) -> None:
+        """Record on the stored event, and on its span, what it is about: its vendor event
+        type, the external record and, through the link when there is one, the incident."""
+        link = links.by_external(self.db, integration["id"], event.external_id)
+        incident_id = link["incident_id"] if link is not None else None
+        with write(self.db):
+            rows.settle(
+                self.db,
+                stored["id"],
+                {
+                    "event_type": event.event_type,
+                    "external_id": event.external_id,
+                    "incident_id": incident_id,
+                },
+            )
+        stored.update(
+            event_type=event.event_type, external_id=event.external_id, incident_id=incident_id
+        )
+        telemetry.current().set(
+            operation=event.event_type,
+            external_id=event.external_id,
+            incident_id=incident_display_id(incident_id) if incident_id else None,
+        )
 
     def _record_if_needed(
         self, connector: Connector, integration: Mapping[str, Any], event: WebhookEvent | None
@@ -297,11 +337,13 @@ class Applier:
         summary = "; ".join(
             ([f"applied {', '.join(outcome.applied)}"] if outcome.applied else []) + outcome.notes
         )
+        # an outcome that names no incident (a failure) keeps the one its link gave
+        incident_id = outcome.incident_id or stored.get("incident_id")
         span = telemetry.current()
         span.set(
             outcome=outcome.state,
             operation=event.event_type if event else None,
-            incident_id=incident_display_id(outcome.incident_id) if outcome.incident_id else None,
+            incident_id=incident_display_id(incident_id) if incident_id else None,
             external_id=event.external_id if event else None,
         )
         if outcome.state == "failed":
@@ -314,7 +356,7 @@ class Applier:
                 {
                     "state": outcome.state,
                     "outcome": summary or outcome.state,
-                    "incident_id": outcome.incident_id,
+                    "incident_id": incident_id,
                     "delivery_id": event.delivery_id if event else None,
                     "event_type": event.event_type if event else None,
                     "external_id": event.external_id if event else None,
@@ -473,7 +515,8 @@ class Applier:
             )  # fmt: skip
             snapshots.put(self.db, integration["id"], incident_id, apply, event.version, stamp)
             outcome.applied.extend(sorted(apply))
-        self._journals(integration, event, incident_id, outcome)
+        if self._journals(integration, event, incident_id, outcome):
+            echoed = True
         if outcome.applied:
             outcome.state = "applied"
         elif echoed:
@@ -529,19 +572,28 @@ class Applier:
         event: WebhookEvent,
         incident_id: int,
         outcome: Outcome,
-    ) -> None:
+    ) -> bool:
+        """Append the event's new journal entries. Returns whether one was our own entry
+        coming back (an echo, SPEC §8: counted as inbound_echo, never success or ignored)."""
         stamp = format_time(self.clock.now())
+        echoed = False
         for entry in event.journals:
             if snapshots.vendor_linked(self.db, integration["id"], entry.vendor_id):
-                continue  # ours coming back, or already appended
+                # ours coming back (its vendor id was recorded when it was sent), or one
+                # already appended from there
+                echoed = echoed or event.by_self
+                continue
             mine = self._unlinked_own_entry(integration["id"], incident_id, entry.field, entry.body)
             if event.by_self and mine is not None:
+                # ours, its webhook before its send was recorded (or its answer was lost)
                 snapshots.link_entry(self.db, integration["id"], mine, entry.vendor_id, stamp)
+                echoed = True
                 continue
             if not external.append_entry(self.db, self.clock, integration, incident_id, entry):
                 outcome.notes.append(f"{entry.field}: owned by the platform")
                 continue
             outcome.applied.append(entry.field)
+        return echoed
 
     def _unlinked_own_entry(
         self, integration_id: int, incident_id: int, kind: str, body: str

@@ -129,6 +129,12 @@ class Report:
     error_count: int = 0
     failed: str | None = None  # why the run stopped early
 
+    @property
+    def unresolved(self) -> int:
+        """What is still left for a person or a healing run after this one."""
+        needed = sum(1 for d in self.discrepancies if d.action in drift.NEEDS_ACTION)
+        return max(0, needed - self.healed)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "integration": self.integration,
@@ -275,6 +281,7 @@ def _locked_run(
                         "checked": report.checked,
                         "discrepancies": len(report.discrepancies),
                         "healed": report.healed,
+                        "unresolved": report.unresolved,
                         "errors": report.error_count + (1 if report.failed else 0),
                         "error": report.failed,
                     },
@@ -1094,6 +1101,7 @@ def history(db: Database, integration: Mapping[str, Any], limit: int) -> list[di
                 "checked": row["checked"],
                 "discrepancies": row["discrepancies"],
                 "healed": row["healed"],
+                "unresolved": row["unresolved"],
                 "errors": row["errors"],
                 "error": row["error"] or "",
             }

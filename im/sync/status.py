@@ -66,6 +66,7 @@ class SyncStatus:
     last_reconcile_finished_at: str | None
     last_reconcile_state: str | None  # running | done | failed
     last_reconcile_discrepancies: int | None
+    last_reconcile_unresolved: int | None  # left to heal or for a person after that run
     last_reconcile_error: str | None
     reconcile_schedule_interval: str | None
     reconcile_schedule_enabled: bool | None
@@ -145,20 +146,14 @@ def _status(db: Database, now: datetime, integration: dict[str, Any]) -> SyncSta
             [integration_id, format_time(now - UNMAPPABLE_WINDOW)],
         )
     ]
-    last_run = runs.last(db, integration_id)
+    # a run in progress says nothing yet: the last finished one is the last result
+    last_run = runs.last(db, integration_id, ("done", "failed"))
+    last_good = runs.last(db, integration_id, ("done",))
     schedule = runs.schedule(db, integration_id)
     scheduled = schedule is not None and bool(schedule["enabled"])
 
-    # A pause counts while it is in force, as the dispatcher judges it (im.store.outbox.due):
-    # a rate limit until its time; an auth pause until the integration changes (new
-    # credentials) after it began, or `im integration test` lifts it.
-    pause = state.get("pause_reason")
-    if pause == sync_state.RATE_LIMITED:
-        in_force = (state.get("paused_until") or "") > format_time(now)
-    elif pause == sync_state.AUTH_FAILING:
-        in_force = integration["updated_at"] <= (state.get("paused_at") or "")
-    else:
-        in_force = False
+    # a pause counts while it is in force, as the dispatcher judges it
+    in_force = sync_state.pause_in_force(db, integration["id"], format_time(now)) is not None
 
     found = SyncStatus(
         health=HEALTHY,
@@ -175,7 +170,7 @@ def _status(db: Database, now: datetime, integration: dict[str, Any]) -> SyncSta
         last_outbound_success_at=state.get("last_success_at"),
         last_outbound_failure_at=state.get("last_failure_at"),
         last_outbound_error=state.get("last_error"),
-        paused=pause if in_force else None,
+        paused=state.get("pause_reason") if in_force else None,
         paused_at=state.get("paused_at") if in_force else None,
         paused_until=state.get("paused_until") if in_force else None,
         backlog=int(backlog),
@@ -190,6 +185,7 @@ def _status(db: Database, now: datetime, integration: dict[str, Any]) -> SyncSta
         last_reconcile_finished_at=last_run["finished_at"] if last_run else None,
         last_reconcile_state=last_run["state"] if last_run else None,
         last_reconcile_discrepancies=last_run["discrepancies"] if last_run else None,
+        last_reconcile_unresolved=last_run["unresolved"] if last_run else None,
         last_reconcile_error=last_run["error"] if last_run else None,
         reconcile_schedule_interval=(
             format_interval(schedule["interval_seconds"]) if schedule is not None else None
@@ -200,11 +196,16 @@ def _status(db: Database, now: datetime, integration: dict[str, Any]) -> SyncSta
         metrics={counter: counters.get(counter, 0) for counter in METRICS},
         other_counters={counter: counters.get(counter, 0) for counter in OTHER_COUNTERS},
     )
-    # a schedule that never ran is judged from when it was set (it runs at once then)
-    since = found.last_reconcile_started_at or (schedule["updated_at"] if schedule else None)
+    # staleness counts from the last run that worked; a schedule that never ran well is
+    # judged from when it was set (it runs at once then)
+    since = last_good["started_at"] if last_good else (schedule["updated_at"] if schedule else None)
     example = str(unmappable[0][0])[:120] if unmappable else None
     failing, degraded = judge(
-        found, now, scheduled_since=since if scheduled else None, unmappable_example=example
+        found,
+        now,
+        scheduled_since=since if scheduled else None,
+        unmappable_example=example,
+        worked=last_good is not None,
     )
     health = FAILING if failing else DEGRADED if degraded else HEALTHY
     return replace(found, health=health, reasons=(*failing, *degraded))
@@ -216,12 +217,14 @@ def judge(
     *,
     scheduled_since: str | None,
     unmappable_example: str | None,
+    worked: bool = True,
 ) -> tuple[list[str], list[str]]:
     """The verdict table (SPEC §8) applied to the figures: the reasons to call the
     integration failing, and those to call it degraded, each saying what to do. Pure.
 
-    ``scheduled_since``: with an enabled reconcile schedule, when the last run started (or the
-    schedule was set, when none ran); None without one.
+    ``scheduled_since``: with an enabled reconcile schedule, when the last run that worked
+    started (or the schedule was set, when none did); None without one. ``worked``: whether
+    any run worked.
     """
     name = found.integration
     failing: list[str] = []
@@ -267,14 +270,27 @@ def judge(
             f"{found.pending_conflicts} conflict(s) await review: see "
             f"`im conflict list --integration {name}`, then `im conflict resolve ID`"
         )
-    if found.last_reconcile_discrepancies:
+    if found.last_reconcile_state == "failed":
         degraded.append(
             f"the last reconcile ({found.last_reconcile_run_id}, "
-            f"{found.last_reconcile_started_at}) found {found.last_reconcile_discrepancies} "
-            f"discrepancies: heal them with `im integration reconcile {name} --auto-heal`"
+            f"{found.last_reconcile_started_at}) failed: {_short(found.last_reconcile_error)}; "
+            f"see `im integration reconcile history {name}`"
+        )
+    elif found.last_reconcile_unresolved:
+        degraded.append(
+            f"the last reconcile ({found.last_reconcile_run_id}, "
+            f"{found.last_reconcile_started_at}) left {found.last_reconcile_unresolved} "
+            f"discrepancies to act on: see `im integration reconcile {name} --dry-run`, and "
+            f"heal with `--auto-heal`"
         )
     if scheduled_since is not None and now - parse_time(scheduled_since) > RECONCILE_STALE:
-        ran = f"ran at {scheduled_since}" if found.last_reconcile_run_id else "never ran"
+        ran = (
+            f"last worked at {scheduled_since}"
+            if worked
+            else "has not worked since it was set"
+            if found.last_reconcile_run_id
+            else "never ran"
+        )
         degraded.append(
             f"the scheduled reconcile {ran} (over 2h ago): check that the daemon runs and "
             f"`im integration reconcile history {name}`"
