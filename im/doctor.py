@@ -49,6 +49,9 @@ from im.store import integrations as integration_rows
 from im.store.db import connect
 from im.sync.inbound import NOT_AUTHENTIC
 
+# a doctor answers within seconds: a system that does not answer in 5 s is reported, not
+# waited for with the 10 s a send allows
+CHECK_TIMEOUT = 5.0
 OK = "ok"
 WARN = "warn"
 FAIL = "FAIL"
@@ -364,7 +367,7 @@ def _connection(
     name = integration["name"]
     transport = transport_for(integration) if transport_for is not None else None
     try:
-        tested = run_checks(db, name, transport=transport)
+        tested = run_checks(db, name, transport=transport, timeout=CHECK_TIMEOUT)
     except SecretError:
         report.add(
             f"{name}: connection",

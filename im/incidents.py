@@ -297,12 +297,33 @@ class _Trail:
         for row in self.outbox:
             names.setdefault(row["integration_id"], row["integration"])
         self.integrations = sorted(names.items())
+        # read once, looked up per (integration, field): a long-lived incident has thousands
+        self.rows_by_field: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for row in self.outbox:
+            for name in row["fields"]:
+                self.rows_by_field.setdefault((row["integration_id"], name), []).append(row)
+        self.pushes_by_field: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for push in self.pushes:
+            key = (push["integration_id"], push["field"])
+            self.pushes_by_field.setdefault(key, []).append(push)
+        self.first_push: dict[int, str] = {}
+        for push in self.pushes:
+            at = self.first_push.get(push["integration_id"])
+            if at is None or push["sent_at"] < at:
+                self.first_push[push["integration_id"]] = push["sent_at"]
 
     # -- field changes and journal entries ---------------------------------------------------
 
     def changes(self) -> list[dict[str, Any]]:
         entries = []
         unused = list(self.journal)
+        # when each change's field next changed (its row can carry it until then)
+        following: dict[int, str | None] = {}
+        latest: dict[str, str] = {}
+        for index in range(len(self.changes_) - 1, -1, -1):
+            change = self.changes_[index]
+            following[index] = latest.get(change["field"])
+            latest[change["field"]] = change["changed_at"]
         for index, change in enumerate(self.changes_):
             name, at = change["field"], change["changed_at"]
             common = {
@@ -318,12 +339,8 @@ class _Trail:
                 if journal_entry is not None:
                     entry["sent_to"] = self._journal_sends(journal_entry, change["source"])
             else:
-                until = next(
-                    (c["changed_at"] for c in self.changes_[index + 1 :] if c["field"] == name),
-                    None,
-                )
                 entry = _entry(at, "change", **common)
-                entry["sent_to"] = self._field_sends(change, until)
+                entry["sent_to"] = self._field_sends(change, following[index])
             entries.append(entry)
         return entries
 
@@ -350,11 +367,7 @@ class _Trail:
         name, at = change["field"], change["changed_at"]
         sends = []
         for integration_id, _ in self._targets(change["source"]):
-            candidates = [
-                r
-                for r in self.outbox
-                if r["integration_id"] == integration_id and name in r["fields"]
-            ]
+            candidates = self.rows_by_field.get((integration_id, name), [])
             row = _carrier(candidates, at, until)
             if row is None:
                 continue
@@ -363,10 +376,8 @@ class _Trail:
             start = max(row["created_at"], at)
             pushes = [
                 p
-                for p in self.pushes
-                if p["integration_id"] == integration_id
-                and p["field"] == name
-                and p["sent_at"] >= start
+                for p in self.pushes_by_field.get((integration_id, name), [])
+                if p["sent_at"] >= start
                 and (row["done_at"] is None or p["sent_at"] <= row["done_at"])
             ]
             acked = sorted(p["acked_at"] for p in pushes if p["acked_at"])
@@ -412,10 +423,8 @@ class _Trail:
         """Whether the row's writes would still be on record: pushes are forgotten oldest
         first, so one of the integration's at or before the row's end means nothing of the
         row's was forgotten (every create records one per field it sends)."""
-        return any(
-            p["integration_id"] == row["integration_id"] and p["sent_at"] <= row["done_at"]
-            for p in self.pushes
-        )
+        first = self.first_push.get(row["integration_id"])
+        return first is not None and first <= row["done_at"]
 
     @staticmethod
     def _followed(row: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[str, Any]:

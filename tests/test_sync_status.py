@@ -433,7 +433,13 @@ def test_a_disabled_integration_is_degraded_and_says_how_to_enable_it(two: Two) 
         "the integration is disabled: nothing is sent or applied; enable it with "
         "`im integration configure prod-jira --enable`"
     ]
+    # its changes wait on purpose: however long, that is the one reason, not a failure
+    new_incident(two)
+    two.clock.advance(3600)
+    shown = status(two)
+    assert (shown["health"], shown["backlog"], len(shown["reasons"])) == ("degraded", 1, 1)
     two.im.ok("integration", "configure", "prod-jira", "--enable")
+    two.sync()
     assert status(two)["health"] == "healthy"
 
 

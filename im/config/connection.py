@@ -40,10 +40,13 @@ def connector_config(
     *,
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], None] | None = None,
+    timeout: float | None = None,
 ) -> ConnectorConfig:
     status = rows.secret_status(db, integration["id"])
     opened = {name: value for name in status if (value := secret(db, integration, name))}
     extra: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
+    if timeout is not None:
+        extra["timeout"] = timeout
     return ConnectorConfig(
         name=integration["name"],
         url=integration["url"],
@@ -64,10 +67,11 @@ def open_connector(
     *,
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], None] | None = None,
+    timeout: float | None = None,
 ) -> Connector:
     """The integration's connector (no network call yet). Raises SecretError when the master
     key does not open its secrets."""
-    config = connector_config(db, integration, transport=transport, sleep=sleep)
+    config = connector_config(db, integration, transport=transport, sleep=sleep, timeout=timeout)
     return connect(integration["type"], config)
 
 
@@ -84,13 +88,17 @@ class CheckReport:
 
 
 def run_checks(
-    db: Database, name_or_id: str, *, transport: httpx.BaseTransport | None = None
+    db: Database,
+    name_or_id: str,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    timeout: float | None = None,
 ) -> CheckReport:
     """Run the integration's checks (reachability, TLS, credentials, permissions, scope, the
     account's kind). A failure that stops the checks early becomes the last, failed row.
     When every check passes, an integration paused for failing credentials resumes (writes)."""
     integration = find(db, name_or_id)
-    connector = open_connector(db, integration, transport=transport)
+    connector = open_connector(db, integration, transport=transport, timeout=timeout)
     checks: list[Check] = []
     try:
         checks = connector.check()

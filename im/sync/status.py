@@ -240,7 +240,9 @@ def judge(
         failing.append(
             "no daemon is running, so nothing is sent or applied: start one with `im daemon`"
         )
-    oldest = timedelta(seconds=found.backlog_oldest_seconds or 0)
+    # a disabled integration keeps its changes on purpose: that is its own reason below
+    waited = (found.backlog_oldest_seconds or 0) if found.enabled else 0
+    oldest = timedelta(seconds=waited)
     if oldest > BACKLOG_FAILING:
         failing.append(
             f"the oldest of {found.backlog} waiting change(s) has waited {_age(oldest)} "
