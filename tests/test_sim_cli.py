@@ -4,6 +4,7 @@ stops cleanly on Ctrl-C; bad options are one-line errors."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,6 +40,9 @@ def test_sim_prints_its_url_accounts_and_webhook_target_and_stops_on_ctrl_c(kind
         assert "webhooks: http://127.0.0.1:9/webhooks/x" in text
         assert "webhook secret (new): " in text
         assert "agent" in text  # the human account is listed
+        # a new seed each start (printed, to repeat the run): a restarted simulator does
+        # not hand out the ids a kept database already links to
+        assert re.search(r"  seed: [0-9]+ \(--seed [0-9]+ repeats", text)
         for _ in range(200):  # the server starts right after printing
             try:
                 answer = httpx.get(f"{url}/_sim/faults", timeout=1)

@@ -30,7 +30,10 @@ def _options(func: Any) -> Any:
             "(repeatable; change them later with POST /_sim/faults).",
         ),
         click.option(
-            "--seed", type=int, default=0, show_default=True, help="Seed of ids and faults."
+            "--seed",
+            type=click.IntRange(0, 2**31 - 1),
+            help="Seed of ids and faults (default: a new one, printed at start; a restart "
+            "with the same seed repeats the same ids).",
         ),
         click.option("--tls", is_flag=True, help="Serve HTTPS with a new self-signed certificate."),
         click.option(
@@ -116,7 +119,7 @@ def _run(
     webhook_url: str | None,
     webhook_secret: str | None,
     faults: tuple[str, ...],
-    seed: int,
+    seed: int | None,
     tls: bool,
     tls_cert: str | None,
     tls_key: str | None,
@@ -141,6 +144,12 @@ def _run(
         import tempfile
 
         cert, key = self_signed_certificate(Path(tempfile.mkdtemp(prefix="im-sim-tls-")), host)
+    if seed is None:
+        # A fresh seed each start: a simulator restarted against a database kept from an
+        # earlier run must not hand out the ids (and delivery ids) it gave then.
+        import secrets
+
+        seed = secrets.randbelow(2**31)
     simulator = factory(
         seed=seed, webhook_url=webhook_url or "", webhook_secret=secret, faults=fault_set, **extra
     )
@@ -150,7 +159,9 @@ def _run(
     check_port(host, chosen)
     scheme = "https" if cert else "http"
     url = f"{scheme}://{host}:{chosen}"
-    _describe(kind, url, simulator.describe(), webhook_url, secret, webhook_secret is None, cert)
+    _describe(
+        kind, url, simulator.describe(), webhook_url, secret, webhook_secret is None, cert, seed
+    )
     server = Server(config(simulator, host, chosen, cert, key, log_level="warning"))
     server.run()
     click.echo(f"{kind} simulator stopped", err=True)
@@ -164,6 +175,7 @@ def _describe(
     secret: str,
     generated: bool,
     cert: Path | None,
+    seed: int,
 ) -> None:
     click.echo(f"{kind} simulator on {url}")
     for name, value in info.items():
@@ -177,6 +189,7 @@ def _describe(
     if cert:
         click.echo(f"  TLS certificate: {cert} (trust it with --ca-bundle {cert})")
     click.echo(f"  faults: {url}/_sim/faults (GET to see, POST a JSON object to change)")
+    click.echo(f"  seed: {seed} (--seed {seed} repeats this run's ids and faults)")
     click.echo("  Ctrl-C stops it.")
 
 
