@@ -44,7 +44,7 @@ from im.config.integrations import SECRETS, secret_owner
 from im.errors import ImError, SecretError
 from im.model import Direction
 from im.security.secrets import ENV_VAR, MasterKey, find_key, unseal
-from im.store import daemon, meta, schema, sync_state
+from im.store import daemon, dead_letters, meta, schema, sync_state
 from im.store import integrations as integration_rows
 from im.store.db import connect
 from im.sync.inbound import NOT_AUTHENTIC
@@ -340,12 +340,7 @@ def _integration(
         _connection(db, integration, report, transport_for)
     _paused(db, integration, now, paused_before, report)
     _webhooks(db, integration, now, report)
-    dead = int(
-        db.execute(
-            "SELECT count(*) FROM dead_letters WHERE integration_id = ? AND state = 'dead'",
-            [integration["id"]],
-        ).fetchone()[0]
-    )
+    dead = dead_letters.open_count(db, integration["id"])
     if dead:
         report.add(
             f"{name}: dlq",

@@ -465,7 +465,7 @@ def delete(db: Database, name_or_id: str) -> Outcome:
     """Delete an integration with its secrets, rules, links and queued changes."""
     with write(db):
         current = find(db, name_or_id)
-        waiting = outbox_rows.count_live(db, current["id"])
+        waiting, _ = outbox_rows.backlog(db, current["id"])
         rows.delete(db, current["id"])
     summary = f"deleted integration {current['name']}"
     if waiting:

@@ -10,6 +10,15 @@ from sqlite_utils import Database
 from im.store.db import insert_row
 
 
+def open_count(db: Database, integration_id: int) -> int:
+    """Entries of the integration still in the queue (neither retried nor discarded)."""
+    row = db.execute(
+        "SELECT count(*) FROM dead_letters WHERE integration_id = ? AND state = 'dead'",
+        [integration_id],
+    ).fetchone()
+    return int(row[0])
+
+
 def add(
     db: Database,
     integration_id: int,

@@ -86,13 +86,15 @@ def cancel_waiting(db: Database, integration_id: int, reason: str, at: str) -> i
     return cursor.rowcount
 
 
-def count_live(db: Database, integration_id: int) -> int:
+def backlog(db: Database, integration_id: int) -> tuple[int, str | None]:
+    """How many rows of the integration wait or are being sent, and the oldest one's time."""
     marks = ", ".join("?" for _ in LIVE_STATES)
-    row = db.execute(
-        f"SELECT count(*) FROM outbox WHERE integration_id = ? AND state IN ({marks})",
+    count, oldest = db.execute(
+        f"SELECT count(*), min(created_at) FROM outbox "
+        f"WHERE integration_id = ? AND state IN ({marks})",
         [integration_id, *LIVE_STATES],
     ).fetchone()
-    return int(row[0])
+    return int(count), oldest
 
 
 def for_incident(db: Database, incident_id: int) -> list[dict[str, Any]]:

@@ -17,9 +17,9 @@ from typing import Any
 from sqlite_utils import Database
 
 from im import incidents
-from im.clock import Clock, format_time
+from im.clock import Clock, format_time, parse_time
 from im.errors import NotFoundError, StateError
-from im.model import ConflictStrategy, Owner, incident_display_id
+from im.model import ConflictStrategy, Incident, Owner, incident_display_id
 from im.store import conflicts as rows
 from im.store import snapshots, sync_state
 from im.store.db import write
@@ -83,6 +83,32 @@ def decide(
     if later is not None:
         return Verdict(True, later, f"last write wins: the {later} change was later")
     return Verdict(True, owner or PLATFORM, "the same instant: the owner, else the platform")
+
+
+def platform_edit(db: Database, incident: Incident, field: str, origin: str) -> Edit:
+    """The platform's side of a concurrent change: the field's value now, and when and by
+    whom it last changed other than from ``origin`` (the integration's own changes)."""
+    row = db.execute(
+        "SELECT changed_at, actor FROM field_changes WHERE incident_id = ? AND field = ? "
+        "AND source != ? ORDER BY id DESC LIMIT 1",
+        [incident.id, field, origin],
+    ).fetchone()
+    at = parse_time(row[0]) if row else parse_time(incident.updated_at)
+    return Edit(incident.value(field), at, row[1] if row else "")
+
+
+def judge(
+    db: Database, integration: Mapping[str, Any], field: str, platform: Edit, external: Edit
+) -> Verdict:
+    """``decide`` with the integration's strategy and window and every rule for the field."""
+    return decide(
+        ConflictStrategy(integration["conflict_strategy"]),
+        float(integration["conflict_window"]),
+        platform,
+        external,
+        integration["id"],
+        claims(db, field),
+    )
 
 
 def claims(db: Database, field: str) -> list[Claim]:

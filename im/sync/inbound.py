@@ -18,7 +18,6 @@ with the connector, drops duplicates by delivery id, and applies what it says:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,7 +34,6 @@ from im.connectors.http import MalformedEventError
 from im.errors import ImError, SignatureError, StateError, ValidationError
 from im.model import (
     SCALAR_FIELDS,
-    ConflictStrategy,
     Direction,
     check_transition,
     incident_display_id,
@@ -46,7 +44,7 @@ from im.store import inbound as rows
 from im.store import incidents as incident_rows
 from im.store import integrations as integration_rows
 from im.store.db import write
-from im.sync import conflicts, external, retry
+from im.sync import conflicts, external, outbound, retry
 
 MAX_BODY = 1024 * 1024
 # never stored: they authenticate a delivery, which is checked before it is stored
@@ -54,7 +52,6 @@ SENSITIVE_HEADERS = frozenset(
     {"authorization", "cookie", "webhook-signature", "x-hub-signature", "x-pagerduty-signature"}
 )
 BATCH = 50
-_OUR_KEY = re.compile(r"im:(?P<install>[^:]+):INC-(?P<n>[0-9]+)")
 # how a refusal's reason begins (integration_state.last_rejection; `im doctor` reads it)
 NOT_AUTHENTIC = "not authentic"
 MALFORMED = "malformed"
@@ -285,10 +282,7 @@ class Applier:
 
     def _ours(self, event: WebhookEvent) -> int | None:
         """The incident number when the event's correlation key is this install's."""
-        match = _OUR_KEY.fullmatch(event.correlation_key or "")
-        if match and match.group("install") == meta.get(self.db, "install_id"):
-            return int(match.group("n"))
-        return None
+        return outbound.keyed_incident(event.correlation_key, meta.get(self.db, "install_id"))
 
     def _retry_later(
         self, stored: dict[str, Any], integration: Mapping[str, Any], error: ImError
@@ -534,27 +528,14 @@ class Applier:
     ) -> str | None:
         """Both sides changed the field since they last agreed: decide (SPEC §6), record, and
         make the platform's value win on the integration's side when it wins."""
-        row = self.db.execute(
-            "SELECT changed_at, actor, new_value FROM field_changes WHERE incident_id = ? "
-            "AND field = ? AND source != ? ORDER BY id DESC LIMIT 1",
-            [incident_id, name, f"external:{integration['name']}"],
-        ).fetchone()
         incident = incidents.get(self.db, incident_id)
-        platform_at = parse_time(row[0]) if row else parse_time(incident.updated_at)
-        platform = conflicts.Edit(incident.value(name), platform_at, row[1] if row else "")
-        external = conflicts.Edit(value, parse_time(event.event_time), event.actor)
-        verdict = conflicts.decide(
-            ConflictStrategy(integration["conflict_strategy"]),
-            float(integration["conflict_window"]),
-            platform,
-            external,
-            integration["id"],
-            conflicts.claims(self.db, name),
-        )
+        platform = conflicts.platform_edit(self.db, incident, name, external.source(integration))
+        theirs = conflicts.Edit(value, parse_time(event.event_time), event.actor)
+        verdict = conflicts.judge(self.db, integration, name, platform, theirs)
         stamp = format_time(self.clock.now())
         if verdict.detected:
             conflict_id = conflicts.record(
-                self.db, incident_id, integration, name, platform, external, event.version,
+                self.db, incident_id, integration, name, platform, theirs, event.version,
                 verdict, stamp,
             )  # fmt: skip
             outcome.notes.append(f"{name}: conflict-{conflict_id}, {verdict.reason}")

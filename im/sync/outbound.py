@@ -9,6 +9,7 @@ still waiting is merged into that row.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlite_utils import Database
@@ -32,6 +33,17 @@ class Queued:
 def correlation_key(install_id: str, incident_id: int) -> str:
     """The key that makes creation idempotent: ``im:<install-id>:INC-<n>``."""
     return f"im:{install_id}:INC-{incident_id}"
+
+
+_KEY = re.compile(r"im:(?P<install>[^:]+):INC-(?P<n>[0-9]+)")
+
+
+def keyed_incident(key: str | None, install_id: str | None) -> int | None:
+    """The incident number a correlation key names, when it is this install's key."""
+    match = _KEY.fullmatch(key or "")
+    if match and match.group("install") == install_id:
+        return int(match.group("n"))
+    return None
 
 
 def enqueue(

@@ -48,7 +48,6 @@ from im.connectors.http import (
 from im.errors import ImError, InProgressError, StateError, ValidationError
 from im.model import (
     JOURNAL_FIELDS,
-    ConflictStrategy,
     Direction,
     Incident,
     Owner,
@@ -72,7 +71,6 @@ BATCH = 100
 RETRY_WAITS = (1.0, 2.0, 4.0)  # a read that fails retryably is tried again, then counted
 MAX_WAIT = 60.0
 MAX_ERROR_LINES = 20
-_OUR_KEY = re.compile(r"im:(?P<install>[^:]+):INC-(?P<n>[0-9]+)")
 HEALS = frozenset({drift.PUSH, drift.PULL, drift.CONFLICT})
 
 T = TypeVar("T")
@@ -684,22 +682,18 @@ class Reconciler:
         """Among the integrations that own the field as external, the highest priority one
         (ties: the oldest) decides in reconciliation. None when it is this integration (or
         nobody else claims the field), else the name of the one that decides."""
-        names: dict[int, str] = {}
+        owners: list[tuple[conflicts.Claim, str]] = []
         for claim in conflicts.claims(self.db, name):
+            if claim.owner is not Owner.EXTERNAL:
+                continue
             row = integration_rows.find(self.db, str(claim.integration_id))
             # only an owner that can pull decides: a disabled or outbound-only one cannot
-            if (
-                claim.owner is Owner.EXTERNAL
-                and row is not None
-                and row["enabled"]
-                and Direction(row["direction"]).receives
-            ):
-                names[claim.integration_id] = row["name"]
-        owners = [c for c in conflicts.claims(self.db, name) if c.integration_id in names]
+            if row is not None and row["enabled"] and Direction(row["direction"]).receives:
+                owners.append((claim, row["name"]))
         if not owners:
             return None
-        top = max(owners, key=lambda c: (c.priority, -c.integration_id))
-        return None if top.integration_id == self.integration["id"] else names[top.integration_id]
+        top, top_name = max(owners, key=lambda o: (o[0].priority, -o[0].integration_id))
+        return None if top.integration_id == self.integration["id"] else top_name
 
     def _accepted(self, incident_id: int, name: str, platform: str, theirs: str) -> bool:
         """An ignored conflict accepted this divergence; either side changing the field
@@ -718,16 +712,7 @@ class Reconciler:
     ) -> tuple[drift.Decision, Concurrent]:
         """Both sides changed the field and the event never came: the conflict rules decide
         with the platform change's time and the record's update time."""
-        row = self.db.execute(
-            "SELECT changed_at, actor FROM field_changes WHERE incident_id = ? AND field = ? "
-            "AND source != ? ORDER BY id DESC LIMIT 1",
-            [incident.id, name, self.source],
-        ).fetchone()
-        platform = conflicts.Edit(
-            incident.value(name),
-            parse_time(row[0]) if row else parse_time(incident.updated_at),
-            row[1] if row else "",
-        )
+        platform = conflicts.platform_edit(self.db, incident, name, self.source)
         # The record's update time is only the latest the edit can have been made: any
         # later edit of another field moves it. The dispatcher, when it left this value in
         # place, saw an earlier one.
@@ -739,14 +724,7 @@ class Reconciler:
             parse_time(at) if at else self.clock.now(),
             record.updated_by,
         )
-        verdict = conflicts.decide(
-            ConflictStrategy(self.integration["conflict_strategy"]),
-            float(self.integration["conflict_window"]),
-            platform,
-            theirs,
-            self.integration["id"],
-            conflicts.claims(self.db, name),
-        )
+        verdict = conflicts.judge(self.db, self.integration, name, platform, theirs)
         if verdict.winner is None:
             decision = drift.Decision(drift.CONFLICT, f"both sides changed it: {verdict.reason}")
         elif verdict.winner == conflicts.PLATFORM:
@@ -999,7 +977,7 @@ class Reconciler:
     def _unlinked(self, record: ExternalRecord) -> None:
         """An in-scope record with no link: ours whose link was lost, a second record of
         ours, or a record people made there."""
-        ours = self._ours(record)
+        ours = outbound.keyed_incident(record.correlation_key, self.install_id)
         if ours is not None:
             self._ours_unlinked(ours, record)
             return
@@ -1037,12 +1015,6 @@ class Reconciler:
             )  # fmt: skip
             if made is not None:
                 self.report.healed += 1
-
-    def _ours(self, record: ExternalRecord) -> int | None:
-        match = _OUR_KEY.fullmatch(record.correlation_key or "")
-        if match and match.group("install") == self.install_id:
-            return int(match.group("n"))
-        return None
 
     def _ours_unlinked(self, incident_id: int, record: ExternalRecord) -> None:
         integration_id = self.integration["id"]

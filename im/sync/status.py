@@ -17,10 +17,9 @@ from sqlite_utils import Database
 
 from im.clock import Clock, format_time, parse_time
 from im.config import integrations as config
-from im.store import daemon, sync_state
+from im.store import daemon, dead_letters, outbox, sync_state
 from im.store import reconcile as runs
 from im.store.db import busy_error
-from im.store.outbox import LIVE_STATES
 from im.sync.schedules import format_interval
 
 HEALTHY = "healthy"
@@ -121,17 +120,8 @@ def _status(db: Database, now: datetime, integration: dict[str, Any]) -> SyncSta
     last_webhook = _scalar(
         db, "SELECT max(received_at) FROM inbound_events WHERE integration_id = ?", integration_id
     )
-    marks = ", ".join("?" for _ in LIVE_STATES)
-    backlog, oldest = db.execute(
-        f"SELECT count(*), min(created_at) FROM outbox "
-        f"WHERE integration_id = ? AND state IN ({marks})",
-        [integration_id, *LIVE_STATES],
-    ).fetchone()
-    dlq_size = _scalar(
-        db,
-        "SELECT count(*) FROM dead_letters WHERE integration_id = ? AND state = 'dead'",
-        integration_id,
-    )
+    backlog, oldest = outbox.backlog(db, integration_id)
+    dlq_size = dead_letters.open_count(db, integration_id)
     pending = _scalar(
         db,
         "SELECT count(*) FROM conflicts WHERE integration_id = ? AND status = 'pending'",
@@ -177,7 +167,7 @@ def _status(db: Database, now: datetime, integration: dict[str, Any]) -> SyncSta
         backlog_oldest_seconds=(
             round((now - parse_time(oldest)).total_seconds(), 3) if oldest else None
         ),
-        dlq_size=int(dlq_size),
+        dlq_size=dlq_size,
         pending_conflicts=int(pending),
         unmappable_events_last_hour=len(unmappable),
         last_reconcile_run_id=f"run-{last_run['id']}" if last_run else None,
