@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -88,10 +88,12 @@ def diagnose(
     *,
     offline: bool = False,
     transport_for: TransportFor | None = None,
+    only: Collection[str] | None = None,
 ) -> Report:
     """Run every check against the database at ``path``. ``offline`` skips the checks that
     reach the external systems; ``transport_for`` is how they are reached (None: the
-    network). Never raises for what it finds: a problem is a FAIL check."""
+    network); ``only`` limits the integrations checked (those the caller may see). Never
+    raises for what it finds: a problem is a FAIL check."""
     report = Report()
     try:
         db = connect(path)
@@ -112,6 +114,8 @@ def diagnose(
                 "none configured: nothing syncs; add one with `im integration create`",
             )
         for integration in integrations or []:
+            if only is not None and integration["name"] not in only:
+                continue
             check = partial(_integration, db, integration, now, report, offline, transport_for)
             _guarded(report, integration["name"], check)
     finally:

@@ -122,8 +122,10 @@ def test_a_revoked_token_is_refused(api: Api) -> None:
 
 
 def test_requests_act_as_the_tokens_principal(api: Api) -> None:
+    api.im.ok("access", "grant", "bob", "--role", "incident_commander")
     bob = api.token_for("bobs", "--for", "bob")
-    created = api.call("POST", "/incidents", token=bob, json={"title": "db down"}).json()
+    body = {"title": "db down", "commander": "bob"}
+    created = api.call("POST", "/incidents", token=bob, json=body).json()
     assert created["incident"]["created_by"] == "bob"
     api.call("PATCH", "/incidents/INC-1", token=bob, json={"severity": "sev1"})
     history = api.ok("GET", "/incidents/INC-1/history")

@@ -35,6 +35,7 @@ def test_get_shows_every_setting_and_only_whether_secrets_are_set(three: Im) -> 
         "scope": {"service": "PSVC001"},
         "settings": {"from_email": "im@acme.com"},
         "secrets": {"api_token": "set", "webhook_secret": "set"},
+        "webhook_secret_previous_until": None,
         "ca_bundle": None,
         "allow_insecure_http": False,
         "created_at": "2026-11-27T09:00:00.000Z",

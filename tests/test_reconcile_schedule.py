@@ -197,6 +197,8 @@ def test_the_readmes_crontab_line_works_under_crons_bare_environment(
             "integration", "create", "prod-snow", "--type", "servicenow", "--url", snow.url,
             "--username", "im-integration", env={"IM_PASSWORD": "im-integration"},
         )  # fmt: skip
+        # the job acts as the crontab's user, who needs a role that may reconcile
+        live.ok("access", "grant", "cron", "--role", "integration.manager", "--scope", "prod-*")
         # cron gives a job HOME, LOGNAME, SHELL and PATH=/usr/bin:/bin, nothing else: the key
         # file must be in HOME's config directory (not XDG_CONFIG_HOME, which cron lacks)
         home = tmp_path / "home"

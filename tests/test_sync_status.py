@@ -104,6 +104,7 @@ def test_a_synced_integration_with_a_live_daemon_is_healthy_and_says_what_it_kno
         "daemon_running": True,
         "daemon_heartbeat_at": now,
         "last_webhook_received_at": now,
+        "webhook_secret_previous_until": None,
         "last_outbound_success_at": now,
         "last_outbound_failure_at": None,
         "last_outbound_error": None,

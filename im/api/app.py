@@ -16,8 +16,8 @@ PREFIX = "/api/v1"  # where `im daemon` mounts the app
 DESCRIPTION = (
     "The REST API of `im`, served by `im daemon` under /api/v1.\n\n"
     "Every route needs `Authorization: Bearer <token>`, a token from `im token create NAME`; "
-    "requests act as the token's principal. Until access control lands, every token acts "
-    "as an administrator.\n\n"
+    "requests act as the token's principal, with its roles (`im access grant`); "
+    "what a role may do is decided by the Rego policy in force (`im access policy show`).\n\n"
     'Errors are `{"error": {"code": "...", "message": "..."}}`.'
 )
 
@@ -35,6 +35,7 @@ def create_api(db_path: Path, clock: Clock, transport_for: TransportFor | None =
         redoc_url=None,
         responses={
             401: {"description": "No token, or an unknown or revoked one"},
+            403: {"description": "The policy denies the caller this action (with its reason)"},
             503: {"description": "Busy (see Retry-After) or unavailable"},
         },
     )

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
-from im.api.deps import Actor, Db, Now
+from im.api.deps import Caller, Db, Now
 from im.api.models import Body
 from im.config import integrations as config
 from im.sync import conflicts
@@ -48,20 +48,27 @@ def _out(view: dict[str, Any]) -> ConflictOut:
 @router.get("", summary="List conflicts (pending ones by default)")
 def list_conflicts(
     db: Db,
+    caller: Caller,
     status: Annotated[Literal["pending", "resolved", "ignored"], Query()] = "pending",
     integration: Annotated[str | None, Query(description="name or id")] = None,
 ) -> list[ConflictOut]:
+    """Only conflicts of integrations the caller may see."""
+    caller.require("conflict.list", integration=integration)
     integration_id = config.find(db, integration)["id"] if integration else None
-    return [_out(v) for v in conflicts.listing(db, status, integration_id)]
+    visible = caller.visible("conflict.list")
+    found = conflicts.listing(db, status, integration_id)
+    return [_out(v) for v in found if v["integration"] in visible]
 
 
 @router.get("/{ref}", summary="A conflict: both values, times and actors")
-def get_conflict(db: Db, ref: Ref) -> ConflictOut:
+def get_conflict(db: Db, caller: Caller, ref: Ref) -> ConflictOut:
+    caller.require("conflict.show", conflict=ref)
     return _out(conflicts.view(conflicts.get(db, ref)))
 
 
 @router.post("/{ref}/resolve", summary="Resolve a pending conflict")
-def resolve_conflict(db: Db, clock: Now, actor: Actor, ref: Ref, body: Resolution) -> ConflictOut:
+def resolve_conflict(db: Db, clock: Now, caller: Caller, ref: Ref, body: Resolution) -> ConflictOut:
     """``platform`` or ``external``: that value wins on both sides; ``ignore`` keeps both
     sides as they are. A conflict that is not pending answers 409."""
-    return _out(conflicts.view(conflicts.resolve(db, clock, actor, ref, body.use)))
+    caller.require("conflict.resolve", conflict=ref)
+    return _out(conflicts.view(conflicts.resolve(db, clock, caller.principal, ref, body.use)))

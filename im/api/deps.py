@@ -11,8 +11,10 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlite_utils import Database
 
+from im.access import Access
 from im.clock import Clock
 from im.config.connection import TransportFor
+from im.errors import ImError
 from im.security import tokens
 from im.store import open_database
 
@@ -66,7 +68,27 @@ def principal(
     return tokens.authenticate(db, now, credentials.credentials).principal
 
 
+def access(
+    db: Annotated[Database, Depends(database)],
+    now: Annotated[Clock, Depends(clock)],
+    who: Annotated[str, Depends(principal)],
+) -> Iterator[Access]:
+    """The caller's access: routes ask it before acting; the audit log learns how each
+    allowed change ended once the route is done."""
+    caller = Access(db, now, who, "api")
+    try:
+        yield caller
+    except ImError as exc:
+        caller.finish(" ".join(str(exc).split()))
+        raise
+    except Exception as exc:
+        caller.finish(f"interrupted ({type(exc).__name__})")  # its text could carry anything
+        raise
+    caller.finish(None)
+
+
 Db = Annotated[Database, Depends(database)]
 Now = Annotated[Clock, Depends(clock)]
 Transports = Annotated["TransportFor | None", Depends(transports)]
 Actor = Annotated[str, Depends(principal)]
+Caller = Annotated[Access, Depends(access)]

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from im.access import ForbiddenError
 from im.errors import (
     DatabaseBusyError,
     DatabaseError,
@@ -38,6 +39,7 @@ RETRY_AFTER_BUSY = 5  # seconds: the lock holder already kept it for the whole b
 # Most specific first: ValidationError is a UsageError, DatabaseBusyError a DatabaseError.
 STATUS: tuple[tuple[type[ImError], int, str], ...] = (
     (AuthenticationError, 401, "unauthorized"),
+    (ForbiddenError, 403, "forbidden"),
     (NotFoundError, 404, "not_found"),
     (ValidationError, 422, "invalid"),
     (UsageError, 400, "bad_request"),

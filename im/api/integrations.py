@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from im.api.deps import Actor, Db, Now, Transports
+from im.api.deps import Caller, Db, Now, Transports
 from im.api.models import (
     CheckOut,
     CheckReportOut,
@@ -41,36 +41,50 @@ Entry = Annotated[str, Path(description="entry-n, or n")]
 
 
 @router.get("", summary="List integrations")
-def list_integrations(db: Db) -> list[IntegrationOut]:
-    return [IntegrationOut(**config.view(db, row)) for row in rows.all_rows(db)]
+def list_integrations(db: Db, clock: Now, caller: Caller) -> list[IntegrationOut]:
+    """Only the integrations the caller may see."""
+    caller.require("integration.list")
+    visible = caller.visible("integration.get")
+    now = clock.now()
+    return [
+        IntegrationOut(**config.view(db, row, now))
+        for row in rows.all_rows(db)
+        if row["name"] in visible
+    ]
 
 
 @router.get("/{ref}", summary="An integration's settings; secrets only as set / not set")
-def get_integration(db: Db, ref: Ref) -> IntegrationOut:
-    return IntegrationOut(**config.view(db, config.find(db, ref)))
+def get_integration(db: Db, clock: Now, caller: Caller, ref: Ref) -> IntegrationOut:
+    caller.require("integration.get", integration=ref)
+    return IntegrationOut(**config.view(db, config.find(db, ref), clock.now()))
 
 
 @router.patch("/{ref}", summary="Change an integration's settings (no secrets)")
 def configure_integration(
-    db: Db, clock: Now, actor: Actor, ref: Ref, body: IntegrationUpdate
+    db: Db, clock: Now, caller: Caller, ref: Ref, body: IntegrationUpdate
 ) -> ConfigureOut:
     """Only the fields given change. Switching to inbound cancels its waiting outbound
     changes. Credentials, the URL and TLS settings change with `im integration configure`."""
-    outcome = config.configure(db, clock, actor, ref, IntegrationInput(**body.given()))
+    caller.require("integration.configure", integration=ref)
+    outcome = config.configure(db, clock, caller.principal, ref, IntegrationInput(**body.given()))
     return ConfigureOut(
-        integration=IntegrationOut(**config.view(db, outcome.integration)),
+        integration=IntegrationOut(**config.view(db, outcome.integration, clock.now())),
         changes=outcome.changes,
         warnings=outcome.warnings,
     )
 
 
 @router.get("/{ref}/field-ownership", summary="Every synced field with its owner")
-def list_field_ownership(db: Db, ref: Ref) -> list[OwnershipOut]:
+def list_field_ownership(db: Db, caller: Caller, ref: Ref) -> list[OwnershipOut]:
+    caller.require("field-ownership.list", integration=ref)
     return [OwnershipOut(**rule) for rule in fields.list_ownership(db, ref)]
 
 
 @router.put("/{ref}/field-ownership/{field}", summary="Make one side authoritative for a field")
-def set_field_ownership(db: Db, ref: Ref, field: FieldName, body: OwnershipSet) -> OwnershipRuleOut:
+def set_field_ownership(
+    db: Db, caller: Caller, ref: Ref, field: FieldName, body: OwnershipSet
+) -> OwnershipRuleOut:
+    caller.require("field-ownership.set", integration=ref)
     integration, rule = fields.set_ownership(db, ref, field, body.owner.value, body.priority)
     return OwnershipRuleOut(
         integration=integration["name"],
@@ -81,8 +95,9 @@ def set_field_ownership(db: Db, ref: Ref, field: FieldName, body: OwnershipSet) 
 
 
 @router.delete("/{ref}/field-ownership/{field}", summary="Remove the rule for a field")
-def unset_field_ownership(db: Db, ref: Ref, field: FieldName) -> OwnershipRuleOut:
+def unset_field_ownership(db: Db, caller: Caller, ref: Ref, field: FieldName) -> OwnershipRuleOut:
     """Changes then flow both ways and conflicts decide. A field without a rule is a 409."""
+    caller.require("field-ownership.unset", integration=ref)
     integration, platform_field = fields.unset_ownership(db, ref, field)
     return OwnershipRuleOut(
         integration=integration["name"], field=platform_field, owner="none", priority=None
@@ -90,9 +105,10 @@ def unset_field_ownership(db: Db, ref: Ref, field: FieldName) -> OwnershipRuleOu
 
 
 @router.post("/{ref}/test", summary="Check the connection against the external system")
-def test_integration(db: Db, ref: Ref) -> CheckReportOut:
+def test_integration(db: Db, caller: Caller, ref: Ref) -> CheckReportOut:
     """Reachability, TLS, credentials, permissions and scope. A failed check is ``ok:
     false`` in a 200 answer: the test itself ran."""
+    caller.require("integration.test", integration=ref)
     report = connection.run_checks(db, ref)
     return CheckReportOut(
         integration=report.integration,
@@ -107,34 +123,43 @@ def test_integration(db: Db, ref: Ref) -> CheckReportOut:
 
 
 @router.get("/{ref}/sync-status", summary="Health with every reason, backlog, DLQ, counters")
-def sync_status(db: Db, clock: Now, ref: Ref) -> SyncStatusOut:
+def sync_status(db: Db, clock: Now, caller: Caller, ref: Ref) -> SyncStatusOut:
     """A report: 200 whatever the health (``healthy``, ``degraded`` or ``failing``)."""
+    caller.require("integration.sync-status", integration=ref)
     return SyncStatusOut(**status.read(db, clock, ref).as_json())
 
 
 @router.get("/{ref}/dlq", summary="The dead letter queue, with every attempt")
-def list_dlq(db: Db, ref: Ref) -> list[DeadEntryOut]:
+def list_dlq(db: Db, caller: Caller, ref: Ref) -> list[DeadEntryOut]:
+    caller.require("dlq.list", integration=ref)
     return [DeadEntryOut(**asdict(e)) for e in retry.dead_entries(db, config.find(db, ref))]
 
 
 @router.post("/{ref}/dlq/{entry}/retry", summary="Send a DLQ entry again, with current values")
-def retry_dlq_entry(db: Db, clock: Now, ref: Ref, entry: Entry) -> DeadEntryActionOut:
+def retry_dlq_entry(
+    db: Db, clock: Now, caller: Caller, ref: Ref, entry: Entry
+) -> DeadEntryActionOut:
+    caller.require("dlq.retry", integration=ref)
     (done,) = retry.retry_dead(db, clock, config.find(db, ref), entry)
     return DeadEntryActionOut(entry=done, action="retried")
 
 
 @router.post("/{ref}/dlq/{entry}/discard", summary="Drop a DLQ entry without sending it")
-def discard_dlq_entry(db: Db, clock: Now, ref: Ref, entry: Entry) -> DeadEntryActionOut:
+def discard_dlq_entry(
+    db: Db, clock: Now, caller: Caller, ref: Ref, entry: Entry
+) -> DeadEntryActionOut:
+    caller.require("dlq.discard", integration=ref)
     (done,) = retry.discard_dead(db, clock, config.find(db, ref), entry)
     return DeadEntryActionOut(entry=done, action="discarded")
 
 
 @router.post("/{ref}/reconcile", summary="Reconcile now: find (and heal) drift")
 def run_reconcile(
-    db: Db, clock: Now, transport_for: Transports, ref: Ref, body: ReconcileRun
+    db: Db, clock: Now, caller: Caller, transport_for: Transports, ref: Ref, body: ReconcileRun
 ) -> ReconcileReportOut:
     """Runs to the end before answering. Another run of the integration in progress is a
     409; a run that failed is reported with ``failed`` set."""
+    caller.require("reconcile.run", integration=ref)
     integration = config.find(db, ref)
     since = reconcile.parse_since(body.backfill, clock.now()) if body.backfill else None
     options = reconcile.Options(
@@ -145,21 +170,30 @@ def run_reconcile(
 
 
 @router.get("/{ref}/reconcile/history", summary="Reconcile runs, newest first")
-def reconcile_history(db: Db, ref: Ref, limit: int = 20) -> list[ReconcileRunOut]:
+def reconcile_history(db: Db, caller: Caller, ref: Ref, limit: int = 20) -> list[ReconcileRunOut]:
+    caller.require("reconcile.history", integration=ref)
     limit = max(1, min(limit, 10000))
     return [ReconcileRunOut(**row) for row in reconcile.history(db, config.find(db, ref), limit)]
 
 
 @router.get("/{ref}/reconcile/schedule", summary="The reconcile schedule and its next run")
-def get_schedule(db: Db, ref: Ref) -> ScheduleOut:
+def get_schedule(db: Db, caller: Caller, ref: Ref) -> ScheduleOut:
+    caller.require("reconcile.schedule.show", integration=ref)
     return ScheduleOut(**schedules.get(db, config.find(db, ref)))
 
 
 @router.post("/{ref}/reconcile/schedule", summary="Create or change the reconcile schedule")
-def set_schedule(db: Db, clock: Now, actor: Actor, ref: Ref, body: ScheduleSet) -> ScheduleOut:
+def set_schedule(db: Db, clock: Now, caller: Caller, ref: Ref, body: ScheduleSet) -> ScheduleOut:
     """Only the keys given change; ``interval`` is required for a new schedule. The daemon
     starts a new or changed schedule's first run within seconds, then one every interval."""
+    caller.require("reconcile.schedule", integration=ref)
     shown = schedules.put(
-        db, clock, actor, config.find(db, ref), body.interval, body.auto_heal, body.enabled
+        db,
+        clock,
+        caller.principal,
+        config.find(db, ref),
+        body.interval,
+        body.auto_heal,
+        body.enabled,
     )
     return ScheduleOut(**shown)

@@ -179,6 +179,10 @@ class IntegrationOut(BaseModel):
     scope: dict[str, str]
     settings: dict[str, str]
     secrets: dict[str, str] = Field(description='Only "set" or "not set", never a value.')
+    webhook_secret_previous_until: str | None = Field(
+        description="While a webhook secret rotation is in progress, until when the old "
+        "secret is accepted; null otherwise."
+    )
     ca_bundle: str | None
     allow_insecure_http: bool
     created_at: str
@@ -306,6 +310,10 @@ class SyncStatusOut(BaseModel):
     daemon_running: bool
     daemon_heartbeat_at: str | None
     last_webhook_received_at: str | None
+    webhook_secret_previous_until: str | None = Field(
+        description="While a webhook secret rotation is in progress, until when the old "
+        "secret is accepted (informational: no verdict); null otherwise."
+    )
     last_outbound_success_at: str | None
     last_outbound_failure_at: str | None
     last_outbound_error: str | None

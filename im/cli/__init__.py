@@ -7,6 +7,7 @@ IM_DEBUG=1 asks for one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import sys
@@ -27,6 +28,17 @@ def _one_line(text: str) -> str:
 
 class ImGroup(click.Group):
     """The root group: routes every exception through one funnel."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # The audit log learns how a command's mutations ended while the database is open.
+        try:
+            result = super().invoke(ctx)
+        except BaseException as exc:
+            _finish_quietly(ctx, _outcome(exc))
+            raise
+        failed = isinstance(result, int) and result != ExitCode.OK
+        _finish_quietly(ctx, f"exit status {result}" if failed else None)
+        return result
 
     def main(
         self,
@@ -82,6 +94,26 @@ class ImGroup(click.Group):
         return int(code)
 
 
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, ImError):
+        return _one_line(str(exc))
+    if isinstance(exc, click.exceptions.Exit):
+        return f"exit status {exc.exit_code}"
+    if isinstance(exc, click.ClickException):
+        return _one_line(exc.format_message())
+    # an unexpected error's text could carry anything: only its type is recorded
+    return f"interrupted ({type(exc).__name__})"
+
+
+def _finish_quietly(ctx: click.Context, error: str | None) -> None:
+    obj = ctx.find_object(AppContext)  # set by the root callback, inside invoke
+    if obj is None:
+        return
+    # the command's own outcome is what the user must see; on failure the entry stays open
+    with contextlib.suppress(ImError, sqlite3.Error):
+        obj.finish(None if error == "exit status 0" else error)
+
+
 @click.group(name="im", cls=ImGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--db",
@@ -105,7 +137,19 @@ def cli(ctx: click.Context, db_path: Path | None) -> None:
 
 
 def _register() -> None:
-    from im.cli import conflict, daemon, doctor, incident, init, integration, sim, token
+    from im.cli import (
+        access,
+        audit,
+        conflict,
+        daemon,
+        doctor,
+        incident,
+        init,
+        integration,
+        key,
+        sim,
+        token,
+    )
 
     cli.add_command(init.init)
     cli.add_command(daemon.daemon)
@@ -115,6 +159,9 @@ def _register() -> None:
     cli.add_command(integration.integration)
     cli.add_command(sim.sim)
     cli.add_command(token.token)
+    cli.add_command(access.access)
+    cli.add_command(audit.audit)
+    cli.add_command(key.key)
 
 
 _register()

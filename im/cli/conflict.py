@@ -41,8 +41,12 @@ def list_(status: str, integration_name: str | None, fmt: str) -> None:
     from im.sync import conflicts
 
     ctx = app()
+    ctx.authorize("conflict.list", integration=integration_name)
     integration_id = config.find(ctx.db, integration_name)["id"] if integration_name else None
-    rows = conflicts.listing(ctx.db, status, integration_id)
+    visible = ctx.access.visible("conflict.list")
+    rows = [
+        r for r in conflicts.listing(ctx.db, status, integration_id) if r["integration"] in visible
+    ]
     emit_rows(rows, COLUMNS if fmt == "table" else conflicts.VIEW_KEYS, fmt)
     if fmt == "table" and not rows:
         note(f"no {status} conflicts")
@@ -55,7 +59,9 @@ def show(conflict_id: str, fmt: str) -> None:
     """Show a conflict: both values, both times and actors, incident, field, integration."""
     from im.sync import conflicts
 
-    emit_object(conflicts.view(conflicts.get(app().db, conflict_id)), fmt)
+    ctx = app()
+    ctx.authorize("conflict.show", conflict=conflict_id)
+    emit_object(conflicts.view(conflicts.get(ctx.db, conflict_id)), fmt)
 
 
 @conflict.command()
@@ -76,6 +82,7 @@ def resolve(conflict_id: str, choice: str | None) -> None:
     if choice is None:
         raise UsageError("choose one of --use-platform, --use-external or --ignore")
     ctx = app()
+    ctx.authorize("conflict.resolve", conflict=conflict_id)
     done = conflicts.resolve(ctx.db, ctx.clock, ctx.principal, conflict_id, choice)
     outcome = (
         "ignored (both sides kept)" if choice == "ignore" else f"resolved: {choice} value wins"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +16,7 @@ from im.security.principals import current_principal
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
+    from im.access import Access
     from im.config.connection import TransportFor
 
 
@@ -28,6 +29,7 @@ class AppContext:
     transport_for: TransportFor | None = None
     sleep: Callable[[float], None] | None = None
     _db: Database | None = None
+    _access: Access | None = None
 
     @property
     def path(self) -> Path:
@@ -51,6 +53,24 @@ class AppContext:
     @property
     def principal(self) -> str:
         return current_principal()
+
+    @property
+    def access(self) -> Access:
+        """The caller's access, decided by the policy in force (im.access)."""
+        from im.access import Access
+
+        if self._access is None:
+            self._access = Access(self.db, self.clock, self.principal, "cli")
+        return self._access
+
+    def authorize(self, action: str, **target: Any) -> None:
+        """Ask the policy before acting (see im.access.Access.require)."""
+        self.access.require(action, **target)
+
+    def finish(self, error: str | None) -> None:
+        """Record how the command's mutations ended in the audit log."""
+        if self._access is not None and self._db is not None:
+            self._access.finish(error)
 
     def close(self) -> None:
         if self._db is not None:

@@ -73,5 +73,6 @@ def daemon(
             "clear text (pass --tls-cert and --tls-key, or keep a TLS proxy in front)"
         )
     ctx = app()
+    ctx.authorize("daemon.run")
     options = Options(ctx.path, host, port, public_url, log_file, log_level, tls_cert, tls_key)
     Daemon(options, ctx.clock).run()

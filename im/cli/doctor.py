@@ -29,10 +29,17 @@ def doctor(offline: bool, fmt: str) -> None:
     --format json: {"ok": bool, "checks": [{"check", "status", "detail"}]}.
     """
     from im import doctor as diagnosis
+    from im.errors import DatabaseError, SecretError
 
     ctx = app()
+    only = None
+    try:
+        ctx.authorize("doctor.run")
+        only = ctx.access.visible("doctor.run")
+    except (DatabaseError, SecretError):
+        pass  # a database that does not open is what the checks below report
     report = diagnosis.diagnose(
-        ctx.path, ctx.clock, offline=offline, transport_for=ctx.transport_for
+        ctx.path, ctx.clock, offline=offline, transport_for=ctx.transport_for, only=only
     )
     if fmt in ("json", "jsonl"):
         emit_object(report.as_json(), fmt)

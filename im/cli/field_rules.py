@@ -34,6 +34,7 @@ def ownership_set(name: str, field: str, owner: str, priority: int) -> None:
     """Make OWNER authoritative for FIELD (platform or external field name)."""
     from im.config import fields
 
+    app().authorize("field-ownership.set", integration=name)
     integration, rule = fields.set_ownership(app().db, name, field, owner, priority)
     click.echo(
         f"{integration['name']}: {rule.field} owned by {rule.owner}, priority {rule.priority}"
@@ -47,6 +48,7 @@ def ownership_unset(name: str, field: str) -> None:
     """Remove the rule for FIELD: changes then flow both ways and conflicts decide."""
     from im.config import fields
 
+    app().authorize("field-ownership.unset", integration=name)
     integration, platform_field = fields.unset_ownership(app().db, name, field)
     click.echo(f"{integration['name']}: {platform_field} has no owner now")
 
@@ -58,6 +60,7 @@ def ownership_list(name: str, fmt: str) -> None:
     """Every field the integration syncs, with its external name, owner and priority."""
     from im.config import fields
 
+    app().authorize("field-ownership.list", integration=name)
     rows = fields.list_ownership(app().db, name)
     emit_rows(rows, ("field", "external_field", "owner", "priority", "default"), fmt)
 
@@ -74,6 +77,7 @@ def mapping_list(name: str, fmt: str) -> None:
     """The integration's field map: defaults of its type plus your overrides."""
     from im.config import fields
 
+    app().authorize("field-mapping.list", integration=name)
     rows = fields.list_mappings(app().db, name)
     emit_rows(rows, ("field", "external_field", "synced", "values", "overridden", "note"), fmt)
 
@@ -93,6 +97,7 @@ def mapping_set(name: str, field: str, external_field: str, values: tuple[str, .
     """Map FIELD to EXTERNAL_FIELD, optionally with other values."""
     from im.config import fields
 
+    app().authorize("field-mapping.set", integration=name)
     integration, result = fields.set_mapping(
         app().db, app().clock, name, field, external_field, list(values)
     )
@@ -110,5 +115,6 @@ def mapping_unset(name: str, field: str) -> None:
     """Return FIELD to its type's default mapping."""
     from im.config import fields
 
+    app().authorize("field-mapping.unset", integration=name)
     integration, platform_field = fields.unset_mapping(app().db, app().clock, name, field)
     click.echo(f"{integration['name']}: {platform_field} has its default mapping again")

@@ -119,6 +119,7 @@ def create(fmt: str, **values: str | None) -> None:
     from im import incidents
 
     ctx = app()
+    ctx.authorize("incident.create")
     change = incidents.create(ctx.db, ctx.clock, ctx.principal, _given(**values))
     _report(change, "created", fmt)
 
@@ -137,6 +138,7 @@ def update(incident_id: str, fmt: str, **values: str | None) -> None:
     from im import incidents
 
     ctx = app()
+    ctx.authorize("incident.update", incident=incident_id)
     change = incidents.update(ctx.db, ctx.clock, ctx.principal, incident_id, _given(**values))
     _report(change, "updated", fmt)
 
@@ -155,6 +157,7 @@ def comment(incident_id: str, text: str, work_note: bool, fmt: str) -> None:
     from im import incidents
 
     ctx = app()
+    ctx.authorize("incident.comment", incident=incident_id)
     kind = "work_notes" if work_note else "comments"
     change = incidents.comment(ctx.db, ctx.clock, ctx.principal, incident_id, kind, body)
     _report(change, "commented on", fmt)
@@ -168,6 +171,7 @@ def show(incident_id: str, fmt: str) -> None:
     from im import incidents
 
     ctx = app()
+    ctx.authorize("incident.show", incident=incident_id)
     details = incidents.details(ctx.db, incident_id)
     queued = [
         {
@@ -233,6 +237,7 @@ def list_(limit: int, show_all: bool, status: str | None, fmt: str) -> None:
     from im import incidents
 
     ctx = app()
+    ctx.authorize("incident.list")
     found = incidents.listing(ctx.db, None if show_all else limit, status)
     emit_rows([incident_json(i) for i in found], INCIDENT_COLUMNS, fmt)
 
@@ -313,6 +318,7 @@ def history(incident_id: str, fmt: str) -> None:
     from im import incidents
 
     ctx = app()
+    ctx.authorize("incident.history", incident=incident_id)
     entries = incidents.history(ctx.db, incident_id)
     if fmt == "table":
         emit_rows(timeline_table_rows(entries), TIMELINE_COLUMNS, fmt)

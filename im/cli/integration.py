@@ -143,6 +143,7 @@ def create(name: str, kind: str, **values: Any) -> None:
 
     ctx = app()
     config.check_name(name)
+    ctx.authorize("integration.create", integration=name)
     db = ctx.db
     inp = _input(kind, values, creating=True)
     _report(config.create(db, ctx.clock, ctx.principal, name, kind, inp))
@@ -159,6 +160,7 @@ def configure(name: str, **values: Any) -> None:
     from im.config import integrations as config
 
     ctx = app()
+    ctx.authorize("integration.configure", integration=name)
     current = config.find(ctx.db, name)
     outcome = config.configure(
         ctx.db, ctx.clock, ctx.principal, name, _input(current["type"], values, creating=False)
@@ -176,7 +178,8 @@ def get(name: str, fmt: str) -> None:
     from im.config import integrations as config
 
     ctx = app()
-    emit_object(config.view(ctx.db, config.find(ctx.db, name)), fmt)
+    ctx.authorize("integration.get", integration=name)
+    emit_object(config.view(ctx.db, config.find(ctx.db, name), ctx.clock.now()), fmt)
 
 
 @integration.command("list")
@@ -184,11 +187,13 @@ def get(name: str, fmt: str) -> None:
 def list_(fmt: str) -> None:
     """List integrations."""
     from im.config import integrations as config
-
-    ctx = app()
     from im.store import integrations as rows
 
-    views = [config.view(ctx.db, row) for row in rows.all_rows(ctx.db)]
+    ctx = app()
+    ctx.authorize("integration.list")
+    visible = ctx.access.visible("integration.get")
+    now = ctx.clock.now()
+    views = [config.view(ctx.db, r, now) for r in rows.all_rows(ctx.db) if r["name"] in visible]
     columns = ("id", "name", "type", "enabled", "direction", "conflict_strategy", "url")
     emit_rows(views, columns, fmt)
 
@@ -201,6 +206,7 @@ def delete(name: str, yes: bool) -> None:
     from im.config import integrations as config
 
     ctx = app()
+    ctx.authorize("integration.delete", integration=name)
     current = config.find(ctx.db, name)
     if not yes:
         if not sys.stdin.isatty():
@@ -218,6 +224,7 @@ def test_(name: str, fmt: str) -> None:
     system, and warn when the account looks like a person's. Exits 1 when a check fails."""
     from im.config import connection
 
+    app().authorize("integration.test", integration=name)
     report = connection.run_checks(app().db, name)
     if fmt == "json":
         emit_object(
@@ -259,6 +266,7 @@ def webhook_setup(name: str, public_url: str | None, show_secret: bool) -> None:
     from im.store import daemon, meta
 
     ctx = app()
+    ctx.authorize("integration.webhook-setup", integration=name)
     running = daemon.status(ctx.db, ctx.clock.now())
     known = meta.get(ctx.db, "public_url") or (
         f"http://{running.listen}" if running.running and running.listen else None
@@ -272,6 +280,63 @@ def webhook_setup(name: str, public_url: str | None, show_secret: bool) -> None:
     click.echo(connection.webhook_setup(ctx.db, name, url, show_secret=show_secret))
 
 
+@integration.command("rotate-secret")
+@click.argument("name")
+@click.option(
+    "--grace",
+    metavar="DURATION",
+    help="How long the old webhook secret stays valid: 24h (default), 90m, up to 7d; "
+    "0 refuses it at once.",
+)
+@click.option(
+    "--finish", is_flag=True, help="Stop accepting the old webhook secret now (ends the grace)."
+)
+@click.option(
+    "--new-secret",
+    metavar="VALUE",
+    help="The new secret instead of a generated one; required for PagerDuty, which "
+    "generates its own (- prompts).",
+)
+def rotate_secret(name: str, grace: str | None, finish: bool, new_secret: str | None) -> None:
+    """Replace an integration's webhook secret; the old one stays valid for the grace period,
+    so deliveries keep arriving while the external system is switched over. Only two are
+    ever valid: rotating again drops the oldest. No secret is printed: see
+    `im integration webhook-setup NAME --show-secret`."""
+    from im.config import webhook_secrets
+
+    ctx = app()
+    ctx.authorize("integration.rotate-secret", integration=name)
+    if finish:
+        if grace is not None or new_secret is not None:
+            raise UsageError("--finish cannot be combined with --grace or --new-secret")
+        rotation = webhook_secrets.finish(ctx.db, ctx.clock, name)
+    else:
+        value = None
+        if new_secret == "-":
+            value = secret_input.prompt("new webhook secret")
+        elif new_secret is not None:
+            warn(
+                "--new-secret on the command line shows in `ps` and shell history; "
+                "prefer --new-secret - (a hidden prompt)"
+            )
+            value = new_secret
+        rotation = webhook_secrets.rotate(
+            ctx.db,
+            ctx.clock,
+            name,
+            grace=webhook_secrets.DEFAULT_GRACE
+            if grace is None
+            else webhook_secrets.parse_grace(grace),
+            value=value,
+        )
+    for line in rotation.changes:
+        click.echo(line)
+    if rotation.next_steps:
+        click.echo("next:")
+        for step in rotation.next_steps:
+            click.echo(f"  - {step}")
+
+
 @integration.command()
 @click.argument("name")
 @format_option
@@ -283,6 +348,7 @@ def dlq(name: str, fmt: str) -> None:
     from im.sync import retry
 
     ctx = app()
+    ctx.authorize("dlq.list", integration=name)
     entries = retry.dead_entries(ctx.db, config.find(ctx.db, name))
     if fmt in ("json", "jsonl"):
         keys = tuple(f.name for f in fields(retry.DeadEntry))
@@ -320,6 +386,7 @@ def _dlq_act(name: str, entry: str | None, all_: bool, retrying: bool) -> None:
     if bool(entry) == all_:
         raise UsageError("give one ENTRY or --all")
     ctx = app()
+    ctx.authorize("dlq.retry" if retrying else "dlq.discard", integration=name)
     act = retry.retry_dead if retrying else retry.discard_dead
     done = act(ctx.db, ctx.clock, config.find(ctx.db, name), entry)
     for entry_id in done:
@@ -365,6 +432,7 @@ def events(name: str, limit: int, fmt: str) -> None:
     from im.store import inbound
 
     ctx = app()
+    ctx.authorize("integration.events", integration=name)
     integration = config.find(ctx.db, name)
     rows = [
         {
@@ -398,6 +466,7 @@ def sync_status(name: str, fmt: str) -> None:
     from im.sync import status
 
     ctx = app()
+    ctx.authorize("integration.sync-status", integration=name)
     found = status.read(ctx.db, ctx.clock, name).as_json()
     if fmt != "table":
         emit_object(found, fmt)

@@ -43,6 +43,10 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "Master key (32 bytes, base64) sealing stored secrets; "
         "else the OS keyring, else a key file in the user config directory.",
     ),
+    (
+        "IM_NEW_MASTER_KEY",
+        "The key `im key rotate` re-encrypts to when the master key is in $IM_MASTER_KEY.",
+    ),
     ("IM_USER", "The principal the command line acts as (default: the login name)."),
     ("IM_BUSY_TIMEOUT", "Seconds a write waits for a locked database before failing (default 5)."),
     (

@@ -61,7 +61,8 @@ HELP = f"""Find and heal drift between linked incidents and their external recor
 
 `im integration reconcile NAME --dry-run` is short for `im integration reconcile run NAME
 --dry-run`. From cron (the master key must be reachable there: the key file or
-IM_MASTER_KEY, not a desktop keyring), one line of `crontab -e`:
+IM_MASTER_KEY, not a desktop keyring; the job acts as the crontab's user, who needs a role
+that may reconcile NAME), one line of `crontab -e`:
 
 \b
 {CRON_LINE}
@@ -165,6 +166,7 @@ def run(
     if dry_run and auto_heal:
         raise UsageError("--dry-run and --auto-heal exclude each other", "give one of them")
     ctx = app()
+    ctx.authorize("reconcile.run", integration=name)
     integration = config.find(ctx.db, name)
     since = engine.parse_since(backfill, ctx.clock.now()) if backfill else None
     if not auto_heal and not dry_run and fmt == "table":
@@ -219,6 +221,7 @@ def history(name: str, limit: int, fmt: str) -> None:
     from im.sync import reconcile as engine
 
     ctx = app()
+    ctx.authorize("reconcile.history", integration=name)
     rows = engine.history(ctx.db, config.find(ctx.db, name), limit)
     emit_rows(rows, HISTORY_COLUMNS if fmt == "table" else (*HISTORY_COLUMNS, "error"), fmt)
     if fmt == "table" and not rows:
@@ -252,8 +255,10 @@ def schedule(
     ctx = app()
     integration = config.find(ctx.db, name)
     if interval is None and auto_heal is None and enabled is None:
+        ctx.authorize("reconcile.schedule.show", integration=name)
         emit_object(schedules.get(ctx.db, integration), fmt)
         return
+    ctx.authorize("reconcile.schedule", integration=name)
     shown = schedules.put(
         ctx.db, ctx.clock, ctx.principal, integration, interval, auto_heal, enabled
     )

@@ -34,8 +34,14 @@ def _read_file(spec: SecretSpec, path: str) -> str:
 
 
 def _prompt(spec: SecretSpec) -> str:
+    return prompt(spec.label)
+
+
+def prompt(label: str) -> str:
+    """A secret from a hidden prompt, or from standard input's first line without a
+    terminal (``--x -`` in a pipe)."""
     if sys.stdin.isatty():
-        return str(click.prompt(spec.label.capitalize(), hide_input=True)).strip()
+        return str(click.prompt(label.capitalize(), hide_input=True)).strip()
     return sys.stdin.readline().rstrip("\r\n")
 
 

@@ -100,15 +100,6 @@ def pagerduty(**options: Any) -> None:
     _run("pagerduty", PagerDutySimulator, {}, **options)
 
 
-def _new_secret(kind: str) -> str:
-    import base64
-    import secrets
-
-    if kind == "servicenow":  # Standard Webhooks secrets are whsec_<base64 of 24+ bytes>
-        return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    return secrets.token_urlsafe(24)
-
-
 def _run(
     kind: str,
     factory: Any,
@@ -124,6 +115,7 @@ def _run(
     tls_cert: str | None,
     tls_key: str | None,
 ) -> None:
+    from im.config.webhook_secrets import new_secret
     from im.daemon.server import Server, check_port
     from im.sim.core import Faults, parse_fault
     from im.sim.server import config, free_port, self_signed_certificate
@@ -137,7 +129,7 @@ def _run(
         raise UsageError("--tls-cert and --tls-key go together")
     if webhook_url and not webhook_url.startswith(("http://", "https://")):
         raise UsageError("--webhook-url must be an http(s) URL")
-    secret = webhook_secret or (_new_secret(kind) if webhook_url else "")
+    secret = webhook_secret or (new_secret(kind) if webhook_url else "")
     cert = Path(tls_cert) if tls_cert else None
     key = Path(tls_key) if tls_key else None
     if tls and not cert:

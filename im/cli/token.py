@@ -37,13 +37,15 @@ def create(name: str, principal: str | None) -> None:
     """Create the API token NAME and print it, this once.
 
     Only the token goes to standard output, so `TOKEN=$(im token create ci)` captures it.
-    The database keeps its hash: store the token now, it cannot be shown again. Until
-    access control lands, every token acts as an administrator.
+    The database keeps its hash: store the token now, it cannot be shown again. The
+    token has its principal's roles (`im access list`); tokens for others need an
+    administrator.
     """
     from im.security import tokens
 
     ctx = app()
     owner = ctx.principal if principal is None else principal
+    ctx.authorize("token.create", principal=owner)
     issued = tokens.issue(ctx.db, ctx.clock, ctx.principal, name, owner)
     click.echo(issued.secret)
     made = issued.token
@@ -57,10 +59,18 @@ def create(name: str, principal: str | None) -> None:
 @token.command("list")
 @format_option
 def list_(fmt: str) -> None:
-    """List API tokens (revoked ones too) with the first characters of each; never a token."""
+    """List API tokens (revoked ones too) with the first characters of each; never a token.
+    Administrators see every token, others their own."""
     from im.security import tokens
 
-    emit_rows([asdict(t) for t in tokens.listing(app().db)], TOKEN_COLUMNS, fmt)
+    ctx = app()
+    ctx.authorize("token.list", principal=ctx.principal)
+    shown = [
+        asdict(t)
+        for t in tokens.listing(ctx.db)
+        if ctx.access.allows("token.list", principal=t.principal)
+    ]
+    emit_rows(shown, TOKEN_COLUMNS, fmt)
 
 
 @token.command()
@@ -70,5 +80,6 @@ def revoke(token_ref: str) -> None:
     from im.security import tokens
 
     ctx = app()
+    ctx.authorize("token.revoke", principal=tokens.find(ctx.db, token_ref).principal)
     revoked = tokens.revoke(ctx.db, ctx.clock, token_ref)
     click.echo(f"revoked token {revoked.name} (id {revoked.id})")

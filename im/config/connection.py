@@ -15,10 +15,10 @@ from im.config.integrations import find, master_key, secret_owner
 from im.connectors import connect
 from im.connectors.base import Check, Connector, ConnectorConfig
 from im.connectors.http import ConnectorError, RecordNotFoundError
-from im.errors import ValidationError
+from im.errors import SecretError, ValidationError
 from im.security.secrets import unseal
 from im.store import integrations as rows
-from im.store import sync_state
+from im.store import meta, sync_state
 from im.store.db import write
 
 if TYPE_CHECKING:
@@ -27,11 +27,22 @@ if TYPE_CHECKING:
 
 
 def secret(db: Database, integration: Mapping[str, Any], name: str) -> str | None:
-    """One opened secret of the integration, or None when it has none by that name."""
-    sealed = rows.sealed_secret(db, integration["id"], name)
-    if sealed is None:
-        return None
-    return unseal(master_key(db), sealed, secret_owner(integration["id"], name))
+    """One opened secret of the integration, or None when it has none by that name.
+    Raises SecretError when the master key is missing or does not open it."""
+    for last in (False, True):
+        # Outside a transaction the row and the key id are two reads: an `im key rotate` of
+        # another process can commit between them. Then the key id has changed since we
+        # began, and reading both again (once) gives a matching pair.
+        began_with = meta.require(db, "key_id")
+        sealed = rows.sealed_secret(db, integration["id"], name)
+        if sealed is None:
+            return None
+        try:
+            return unseal(master_key(db), sealed, secret_owner(integration["id"], name))
+        except SecretError:
+            if last or meta.require(db, "key_id") == began_with:
+                raise
+    raise AssertionError("unreachable")
 
 
 def connector_config(

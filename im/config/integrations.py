@@ -8,6 +8,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +48,9 @@ class SecretSpec:
 
 
 WEBHOOK_SECRET = SecretSpec("webhook_secret", "IM_WEBHOOK_SECRET", False)
+# the webhook secret a rotation replaced, accepted until its expires_at (SPEC §9); never an
+# option of its own: only `im integration rotate-secret` writes it
+PREVIOUS_WEBHOOK_SECRET = "webhook_secret_previous"
 SECRETS: dict[str, tuple[SecretSpec, ...]] = {
     "servicenow": (SecretSpec("password", "IM_PASSWORD", True), WEBHOOK_SECRET),
     "jira": (SecretSpec("api_token", "IM_API_TOKEN", True), WEBHOOK_SECRET),
@@ -181,7 +185,8 @@ def check_url(url: str, allow_insecure: bool) -> tuple[str, list[str]]:
         raise ValidationError("--url is not a valid URL") from None
     if parts.scheme not in ("https", "http") or not hostname:
         raise ValidationError("--url must be an http(s) URL", "e.g. https://acme.service-now.com")
-    if "@" in parts.netloc:
+    # a "/" in a password ends the netloc early, leaving "…@host" in the path
+    if "@" in parts.netloc or "@" in parts.path:
         raise ValidationError(
             "the URL must not carry credentials", "pass them with their own options instead"
         )
@@ -331,16 +336,34 @@ def _store_secrets(
     for name, value in secrets.items():
         if name not in specs:
             raise UsageError(f"--{name.replace('_', '-')} does not apply to {kind} integrations")
-        if not value:
-            raise ValidationError(f"the {specs[name].label} must not be empty")
-        if not value.isascii() or not value.isprintable():
-            # it travels in HTTP headers, which carry neither control characters nor non-ASCII
-            raise ValidationError(
-                f"the {specs[name].label} must be printable ASCII characters "
-                "(no control characters, no line breaks)"
-            )
-        sealed = seal(key, value, secret_owner(integration_id, name))
-        rows.put_secret(db, integration_id, name, sealed, key.key_id, now)
+        check_secret(specs[name].label, value)
+        put_secret(db, key, integration_id, name, value, now)
+
+
+def check_secret(label: str, value: str) -> None:
+    """Raises ValidationError for a secret value that cannot be used."""
+    if not value:
+        raise ValidationError(f"the {label} must not be empty")
+    if not value.isascii() or not value.isprintable():
+        # it travels in HTTP headers, which carry neither control characters nor non-ASCII
+        raise ValidationError(
+            f"the {label} must be printable ASCII characters "
+            "(no control characters, no line breaks)"
+        )
+
+
+def put_secret(
+    db: Database,
+    key: MasterKey,
+    integration_id: int,
+    name: str,
+    value: str,
+    now: str,
+    expires_at: str | None = None,
+) -> None:
+    """Seal one secret to its own row and store it. Call inside store.write()."""
+    sealed = seal(key, value, secret_owner(integration_id, name))
+    rows.put_secret(db, integration_id, name, sealed, key.key_id, now, expires_at)
 
 
 def secret_owner(integration_id: int, name: str) -> str:
@@ -473,8 +496,17 @@ def delete(db: Database, name_or_id: str) -> Outcome:
     return Outcome(current, [summary])
 
 
-def view(db: Database, integration: Mapping[str, Any]) -> dict[str, Any]:
-    """What `get` and `list` show: every setting, and for secrets only whether each is set."""
+def previous_webhook_secret_until(db: Database, integration_id: int, now: datetime) -> str | None:
+    """Until when the webhook secret a rotation replaced is still accepted; None when no
+    rotation is in progress at ``now`` (none was kept, or its grace has ended)."""
+    until = rows.secret_expires_at(db, integration_id, PREVIOUS_WEBHOOK_SECRET)
+    # stored times sort in time order: it counts while now < expires_at
+    return until if until is not None and format_time(now) < until else None
+
+
+def view(db: Database, integration: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """What `get` and `list` show: every setting, for secrets only whether each is set, and
+    until when a rotated-out webhook secret is still accepted (null: no rotation at ``now``)."""
     kind = integration["type"]
     settings = integration["settings"]
     stored = rows.secret_status(db, integration["id"])
@@ -493,6 +525,7 @@ def view(db: Database, integration: Mapping[str, Any]) -> dict[str, Any]:
         "scope": scope,
         "settings": {k: v for k, v in settings.items() if k not in scope},
         "secrets": {s.name: "set" if s.name in stored else "not set" for s in SECRETS[kind]},
+        "webhook_secret_previous_until": previous_webhook_secret_until(db, integration["id"], now),
         "ca_bundle": integration["ca_bundle"],
         "allow_insecure_http": integration["allow_insecure_http"],
         "created_at": integration["created_at"],

@@ -7,6 +7,11 @@ not the key) it was sealed with, so a missing or wrong key is named, not guessed
 
 Each value is sealed with a fresh 96-bit nonce and the owning row as associated data: a
 ciphertext copied onto another row does not open.
+
+A rotation (``im key rotate``) first stores the new key at a staging place beside the current
+one (keyring entry ``master-key-next``, file ``master.key.next``), then commits the database
+re-sealed with it, then moves it to the usual place. ``find_key`` looks at the staging place
+too, so a crash at any step leaves the database's key reachable.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 from cryptography.exceptions import InvalidTag
@@ -28,6 +34,8 @@ from im.errors import SecretError
 ENV_VAR = "IM_MASTER_KEY"
 KEYRING_SERVICE = "im"
 KEYRING_USER = "master-key"
+KEYRING_STAGING_USER = "master-key-next"
+NEW_ENV_VAR = "IM_NEW_MASTER_KEY"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 MAKE_KEY = "python3 -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'"
@@ -38,6 +46,7 @@ class MasterKey:
     key: bytes
     source: str  # "env" | "keyring" | "file"
     location: str  # where a person finds it: $IM_MASTER_KEY, the keyring entry, the file path
+    staged: bool = False  # found at the staging place: a rotation did not finish moving it
 
     @property
     def key_id(self) -> str:
@@ -54,6 +63,16 @@ def key_id(key: bytes) -> str:
 
 def key_file_path() -> Path:
     return Path(platformdirs.user_config_dir("im", appauthor=False)) / "master.key"
+
+
+def staging_file_path() -> Path:
+    """Where a rotation keeps the new key file until the database is sealed with it."""
+    return key_file_path().with_name("master.key.next")
+
+
+def rotation_lock_path() -> Path:
+    """The lock one rotation holds: the key store is per user, shared by every database."""
+    return key_file_path().with_name("master.key.lock")
 
 
 def _decode(text: str, where: str) -> bytes:
@@ -97,13 +116,17 @@ def _usable_keyring() -> object | None:
     return backend
 
 
-def _from_keyring(create: bool) -> MasterKey | None:
+def _keyring_location(backend: object, user: str) -> str:
+    return f"keyring {type(backend).__name__} ({KEYRING_SERVICE}/{user})"
+
+
+def _from_keyring(create: bool, user: str = KEYRING_USER) -> MasterKey | None:
     backend = _usable_keyring()
     if backend is None:
         return None
-    location = f"keyring {type(backend).__name__} ({KEYRING_SERVICE}/{KEYRING_USER})"
+    location = _keyring_location(backend, user)
     try:
-        stored = backend.get_password(KEYRING_SERVICE, KEYRING_USER)  # type: ignore[attr-defined]
+        stored = backend.get_password(KEYRING_SERVICE, user)  # type: ignore[attr-defined]
         if stored is None:
             if not create:
                 return None
@@ -111,11 +134,12 @@ def _from_keyring(create: bool) -> MasterKey | None:
             backend.set_password(KEYRING_SERVICE, KEYRING_USER, stored)  # type: ignore[attr-defined]
     except Exception:
         return None  # a locked or broken keyring is no keyring
-    return MasterKey(_decode(stored, location), "keyring", location)
+    return MasterKey(_decode(stored, location), "keyring", location, user != KEYRING_USER)
 
 
-def _from_file(create: bool) -> MasterKey | None:
-    path = key_file_path()
+def _from_file(create: bool, path: Path | None = None) -> MasterKey | None:
+    staged = path is not None
+    path = path or key_file_path()
     if not path.exists():
         if not create:
             return None
@@ -123,16 +147,21 @@ def _from_file(create: bool) -> MasterKey | None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(base64.b64encode(os.urandom(KEY_BYTES)).decode() + "\n")
-    mode = stat.S_IMODE(path.stat().st_mode)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None  # a rotation removed its staging file between our two looks
     if mode & 0o077:
         raise SecretError(
             f"the key file {path} is readable by others (mode {mode:o})", f"chmod 600 {path}"
         )
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         raise SecretError(f"cannot read the key file {path}: {exc.strerror}") from None
-    return MasterKey(_decode(text, f"the key file {path}"), "file", str(path))
+    return MasterKey(_decode(text, f"the key file {path}"), "file", str(path), staged)
 
 
 def new_database_key() -> MasterKey:
@@ -152,7 +181,15 @@ def find_key(recorded_source: str, recorded_id: str) -> MasterKey:
     Raises SecretError naming the recorded source and id when none of them has it.
     """
     seen: list[str] = []
-    for load in (_from_env, lambda: _from_keyring(False), lambda: _from_file(False)):
+    # Each staging place before its usual one: a rotation writes the usual place and only
+    # then removes the staged copy, so looking in this order never misses a key in motion.
+    for load in (
+        _from_env,
+        lambda: _from_keyring(False, KEYRING_STAGING_USER),
+        lambda: _from_keyring(False),
+        lambda: _from_file(False, staging_file_path()),
+        lambda: _from_file(False),
+    ):
         candidate = load()
         if candidate is None:
             continue
@@ -164,6 +201,127 @@ def find_key(recorded_source: str, recorded_id: str) -> MasterKey:
         f"the master key {recorded_id} (kept in: {recorded_source}) is missing: {found}",
         "make that key reachable (for cron, set IM_MASTER_KEY or keep the key file)",
     )
+
+
+def replacement(current: MasterKey) -> MasterKey:
+    """The key to rotate ``current`` to, meant for the same place. Writes nothing.
+
+    im cannot change the environment of the processes that need a key from $IM_MASTER_KEY,
+    so that key's successor is one the user made, in $IM_NEW_MASTER_KEY. Raises SecretError
+    when it is missing, malformed or the current key.
+    """
+    if current.source != "env":
+        return MasterKey(os.urandom(KEY_BYTES), current.source, _place(current.source, False))
+    raw = os.environ.get(NEW_ENV_VAR)
+    if not raw:
+        raise SecretError(
+            f"the master key comes from ${ENV_VAR}, which im cannot change: put a new key in "
+            f"${NEW_ENV_VAR} and run this again",
+            f"make one with: {MAKE_KEY}",
+        )
+    key = _decode(raw, f"${NEW_ENV_VAR}")
+    if key == current.key:
+        raise SecretError(
+            f"${NEW_ENV_VAR} holds the current master key", f"make a new one with: {MAKE_KEY}"
+        )
+    return MasterKey(key, "env", f"${ENV_VAR}")
+
+
+def stage_key(key: MasterKey) -> str:
+    """Store ``key`` at the staging place of its source (keyring entry or 0600 file), replacing
+    whatever an interrupted rotation left there, and return that place. Writes the keyring or
+    the file. Raises SecretError."""
+    _store(key, staged=True)
+    return _place(key.source, True)
+
+
+def promote_key(key: MasterKey) -> None:
+    """Make ``key`` the usual key of its source, then drop the staged copy: in that order, so
+    that ``find_key`` (staging first) always finds it. Writes. Raises SecretError."""
+    _store(key, staged=False)
+    discard_staged(key.source)
+
+
+def _place(source: str, staged: bool) -> str:
+    if source == "file":
+        return str(staging_file_path() if staged else key_file_path())
+    return _keyring_location(_keyring(), KEYRING_STAGING_USER if staged else KEYRING_USER)
+
+
+def _keyring() -> Any:
+    backend = _usable_keyring()
+    if backend is None:
+        raise SecretError(
+            "the OS keyring that holds the master key is not available",
+            "unlock it, then run this again",
+        )
+    return backend
+
+
+def _store(key: MasterKey, staged: bool) -> None:
+    if key.source == "file":
+        _write_key_file(staging_file_path() if staged else key_file_path(), key.key)
+        return
+    if key.source != "keyring":
+        raise SecretError(f"im cannot store a key in {key.location}")
+    backend = _keyring()
+    user = KEYRING_STAGING_USER if staged else KEYRING_USER
+    try:
+        backend.set_password(KEYRING_SERVICE, user, base64.b64encode(key.key).decode())
+    except Exception as exc:  # the backend's message is not ours to show: it may quote values
+        where = _keyring_location(backend, user)
+        raise SecretError(
+            f"cannot store the master key in {where} ({type(exc).__name__})"
+        ) from None
+
+
+def discard_staged(source: str) -> None:
+    """Remove the staged key of ``source`` ("keyring" or "file"), if any. Writes. Raises
+    SecretError."""
+    if source == "file":
+        path = staging_file_path()
+        try:
+            path.unlink(missing_ok=True)
+            _sync_directory(path.parent)
+        except OSError as exc:
+            raise SecretError(f"cannot remove the key file {path}: {exc.strerror}") from None
+        return
+    from keyring.errors import PasswordDeleteError
+
+    backend = _keyring()
+    try:
+        backend.delete_password(KEYRING_SERVICE, KEYRING_STAGING_USER)
+    except PasswordDeleteError:
+        pass  # nothing was staged
+    except Exception as exc:
+        where = _keyring_location(backend, KEYRING_STAGING_USER)
+        raise SecretError(f"cannot remove {where} ({type(exc).__name__})") from None
+
+
+def _write_key_file(path: Path, key: bytes) -> None:
+    """Replace ``path`` by a 0600 file holding ``key``, whole or not at all: neither a reader
+    nor a crash ever meets a half-written key. Raises SecretError."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary.unlink(missing_ok=True)  # left by a crash while writing; never read
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.b64encode(key).decode() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        _sync_directory(path.parent)  # the rename itself must survive a power loss
+    except OSError as exc:
+        raise SecretError(f"cannot write the key file {path}: {exc.strerror}") from None
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def seal(master: MasterKey, plaintext: str, owner: str) -> bytes:

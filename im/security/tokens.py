@@ -20,7 +20,7 @@ from sqlite_utils import Database
 
 from im.clock import Clock, format_time, parse_time
 from im.errors import ImError, NotFoundError, StateError, ValidationError
-from im.model import check_text
+from im.security.principals import check_principal
 from im.store import tokens as rows
 from im.store.db import write
 
@@ -33,7 +33,6 @@ HOW_TO_GET_ONE = (
     'create one with `im token create NAME` and send it as "Authorization: Bearer <token>"'
 )
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-_MAX_PRINCIPAL = 200
 _MAX_PRESENTED = 200  # ours are 47 characters; anything much longer is not worth hashing
 
 
@@ -86,14 +85,6 @@ def check_name(name: str) -> str:
     return name
 
 
-def _check_principal(principal: str) -> str:
-    check_text("the principal", principal)
-    value = principal.strip()
-    if not value or len(value) > _MAX_PRINCIPAL:
-        raise ValidationError(f"the principal must be 1-{_MAX_PRINCIPAL} characters")
-    return value
-
-
 def issue(db: Database, clock: Clock, actor: str, name: str, principal: str) -> Issued:
     """Create a token NAME that acts as ``principal``. Writes one transaction.
 
@@ -101,7 +92,7 @@ def issue(db: Database, clock: Clock, actor: str, name: str, principal: str) -> 
     name already.
     """
     check_name(name)
-    owner = _check_principal(principal)
+    owner = check_principal(principal)
     secret = generate()
     now = format_time(clock.now())
     with write(db):
@@ -145,6 +136,11 @@ def _find(db: Database, ref: str) -> dict[str, Any]:
     live = rows.live_names(db)
     hint = f"tokens: {', '.join(live)}" if live else "there are no live tokens"
     raise NotFoundError(f"no token {ref[:70]!r}", f"{hint}; see `im token list`")
+
+
+def find(db: Database, ref: str) -> Token:
+    """The token with id or name ``ref``. Raises NotFoundError."""
+    return _token(_find(db, ref))
 
 
 def revoke(db: Database, clock: Clock, ref: str) -> Token:

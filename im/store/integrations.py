@@ -65,14 +65,40 @@ def delete(db: Database, integration_id: int) -> None:
 
 
 def put_secret(
-    db: Database, integration_id: int, name: str, sealed: bytes, key: str, at: str
+    db: Database,
+    integration_id: int,
+    name: str,
+    sealed: bytes,
+    key: str,
+    at: str,
+    expires_at: str | None = None,
 ) -> None:
+    """Insert or replace one sealed secret; ``expires_at``: when it stops being accepted
+    (a rotated-out webhook secret), None for no end."""
     db.execute(
-        "INSERT INTO integration_secrets (integration_id, name, sealed, key_id, updated_at) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(integration_id, name) DO UPDATE SET "
-        "sealed = excluded.sealed, key_id = excluded.key_id, updated_at = excluded.updated_at",
-        [integration_id, name, sealed, key, at],
+        "INSERT INTO integration_secrets (integration_id, name, sealed, key_id, updated_at, "
+        "expires_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(integration_id, name) DO UPDATE SET "
+        "sealed = excluded.sealed, key_id = excluded.key_id, updated_at = excluded.updated_at, "
+        "expires_at = excluded.expires_at",
+        [integration_id, name, sealed, key, at, expires_at],
     )
+
+
+def secret_expires_at(db: Database, integration_id: int, name: str) -> str | None:
+    """When a secret stops being accepted; None when it has no end or does not exist."""
+    row = db.execute(
+        "SELECT expires_at FROM integration_secrets WHERE integration_id = ? AND name = ?",
+        [integration_id, name],
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def delete_secret(db: Database, integration_id: int, name: str) -> bool:
+    cursor = db.execute(
+        "DELETE FROM integration_secrets WHERE integration_id = ? AND name = ?",
+        [integration_id, name],
+    )
+    return cursor.rowcount == 1
 
 
 def secret_status(db: Database, integration_id: int) -> dict[str, str]:
@@ -92,6 +118,28 @@ def sealed_secret(db: Database, integration_id: int, name: str) -> bytes | None:
         [integration_id, name],
     ).fetchone()
     return None if row is None else bytes(row[0])
+
+
+def sealed_secrets(db: Database) -> list[tuple[int, str, bytes]]:
+    """(integration id, name, sealed value) of every stored secret, whatever its name."""
+    return [
+        (int(r[0]), str(r[1]), bytes(r[2]))
+        for r in db.execute(
+            "SELECT integration_id, name, sealed FROM integration_secrets "
+            "ORDER BY integration_id, name"
+        ).fetchall()
+    ]
+
+
+def reseal_secret(db: Database, integration_id: int, name: str, sealed: bytes, key: str) -> None:
+    """Replace a secret's sealed value and key id only. ``updated_at`` says when the
+    credential itself last changed (a pause for refused credentials waits for that), and
+    the other columns (``expires_at``) belong to the secret, not to its encryption."""
+    db.execute(
+        "UPDATE integration_secrets SET sealed = ?, key_id = ? "
+        "WHERE integration_id = ? AND name = ?",
+        [sealed, key, integration_id, name],
+    )
 
 
 # Field ownership rules.

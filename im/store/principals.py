@@ -29,3 +29,32 @@ def bindings(db: Database) -> list[dict[str, Any]]:
             "ORDER BY principal, role, scope"
         )
     )
+
+
+def bindings_of(db: Database, principal: str) -> list[dict[str, Any]]:
+    """The role bindings of one principal: what the policy is given as input."""
+    return list(
+        db.query(
+            "SELECT role, scope FROM role_bindings WHERE principal = ? ORDER BY role, scope",
+            [principal],
+        )
+    )
+
+
+def revoke(db: Database, principal: str, role: Role, scope: str) -> bool:
+    """Remove one binding. False when there was none. Writes."""
+    cursor = db.execute(
+        "DELETE FROM role_bindings WHERE principal = ? AND role = ? AND scope = ?",
+        [principal, role.value, scope],
+    )
+    return cursor.rowcount == 1
+
+
+def administrators(db: Database) -> list[str]:
+    return [
+        r["principal"]
+        for r in db.query(
+            "SELECT DISTINCT principal FROM role_bindings WHERE role = ? ORDER BY principal",
+            [Role.ADMINISTRATOR.value],
+        )
+    ]

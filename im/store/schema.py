@@ -404,6 +404,33 @@ def _monitoring(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0010_security")
+def _security(db: Database) -> None:
+    # The audit log: every mutation (with how it ended) and every denial. A webhook secret
+    # being rotated keeps its predecessor valid until ``expires_at``. The Rego policy in
+    # force, when a user replaced the shipped one, lives in meta (key "policy").
+    _run(
+        db,
+        """
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            principal TEXT NOT NULL,
+            via TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL DEFAULT '',
+            decision TEXT NOT NULL CHECK (decision IN ('allow', 'deny')),
+            reason TEXT NOT NULL,
+            outcome TEXT,
+            error TEXT
+        );
+        CREATE INDEX audit_log_at ON audit_log(at);
+        CREATE INDEX audit_log_principal ON audit_log(principal, at);
+        ALTER TABLE integration_secrets ADD COLUMN expires_at TEXT
+        """,
+    )
+
+
 def pending(db: Database) -> list[str]:
     return [m.name for m in MIGRATIONS.pending(db)]
 

@@ -27,8 +27,8 @@ from sqlite_utils import Database
 
 from im import incidents, telemetry
 from im.clock import Clock, format_time, parse_time
-from im.config import ownership
-from im.config.connection import ConnectorCache, TransportFor, secret
+from im.config import ownership, webhook_secrets
+from im.config.connection import ConnectorCache, TransportFor
 from im.connectors.base import Connector, ExternalRecord, WebhookEvent, WebhookRequest
 from im.connectors.http import MalformedEventError
 from im.errors import ImError, SignatureError, StateError, ValidationError
@@ -94,7 +94,8 @@ def receive(
     now = clock.now()
     stamp = format_time(now)
     integration_id = integration["id"]
-    secrets = [s for s in [secret(db, integration, "webhook_secret")] if s]
+    # the current secret, and during a rotation's grace the one it replaced (SPEC §9)
+    secrets = webhook_secrets.accepted(db, integration, now)
     try:
         if not secrets:
             raise SignatureError(

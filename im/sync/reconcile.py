@@ -291,20 +291,20 @@ def _locked_run(
     return report
 
 
-def parse_since(text: str, now: datetime) -> datetime:
-    """``--backfill``: a date (``2026-11-01``, UTC midnight), an ISO time, or an age (``30d``,
-    ``12h``) counted back from now."""
+def parse_since(text: str, now: datetime, option: str = "--backfill") -> datetime:
+    """``--backfill`` (or ``option``): a date (``2026-11-01``, UTC midnight), an ISO time,
+    or an age (``30d``, ``12h``) counted back from now."""
     value = text.strip()
     try:
         if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
             return datetime.fromisoformat(value).replace(tzinfo=UTC)
         if re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*[smhd]", value.lower()):
-            return now - timedelta(seconds=parse_duration(value, "--backfill", 0, 10 * 365 * 86400))
+            return now - timedelta(seconds=parse_duration(value, option, 0, 10 * 365 * 86400))
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
         raise ValidationError(
-            f"--backfill {text[:40]!r} is not a date, time or age",
+            f"{option} {text[:40]!r} is not a date, time or age",
             "give 2026-11-01, 2026-11-01T09:00:00Z or 30d",
         ) from None
 

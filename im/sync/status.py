@@ -49,6 +49,9 @@ class SyncStatus:
     daemon_running: bool
     daemon_heartbeat_at: str | None
     last_webhook_received_at: str | None
+    # informational, no verdict: while a webhook secret rotation is in progress, until when
+    # the old secret is accepted
+    webhook_secret_previous_until: str | None
     last_outbound_success_at: str | None
     last_outbound_failure_at: str | None
     last_outbound_error: str | None
@@ -157,6 +160,7 @@ def _status(db: Database, now: datetime, integration: dict[str, Any]) -> SyncSta
         daemon_running=running.running,
         daemon_heartbeat_at=running.heartbeat_at,
         last_webhook_received_at=last_webhook,
+        webhook_secret_previous_until=config.previous_webhook_secret_until(db, integration_id, now),
         last_outbound_success_at=state.get("last_success_at"),
         last_outbound_failure_at=state.get("last_failure_at"),
         last_outbound_error=state.get("last_error"),
