@@ -14,6 +14,7 @@ enforced boundary.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +31,11 @@ from im.store.db import write
 POLICY_KEY = "policy"  # meta: the text of a policy that replaced the shipped one
 POLICY_NAME_KEY = "policy_name"
 
-# Actions that change something: audited when allowed as well as when denied.
-MUTATIONS = frozenset(
+# Actions that change something (or show a secret): audited when allowed as well as when
+# denied.
+AUDITED = frozenset(
     {
+        "integration.show-secret",
         "conflict.resolve",
         "integration.configure",
         "integration.test",  # a passing test lifts a credentials pause
@@ -87,10 +90,6 @@ def decide(
     return (chosen or policy(db)).decide(rbac.request(principal, action, bindings, target))
 
 
-def _term(what: str, value: str | None) -> str | None:
-    return None if value is None else rbac.check_term(what, value)
-
-
 def _person(value: str | None) -> str | None:
     """An incident's commander or assignee as the policy sees it: only a value that could be
     a principal's name is passed (a free-text name like "Jane Doe" can match nobody)."""
@@ -118,6 +117,7 @@ class Access:
     def target(
         self,
         *,
+        creating: bool = False,
         integration: str | None = None,
         incident: str | int | None = None,
         principal: str | None = None,
@@ -125,21 +125,29 @@ class Access:
     ) -> dict[str, Any]:
         """What the policy is told an action touches. An integration or incident that
         exists is looked up (by name or id; a commander's rights depend on the incident);
-        one that does not is passed by name, for `create`, or raises NotFoundError."""
+        one that does not is passed by name (for `create`), or raises NotFoundError naming
+        only what the caller may see."""
         from im.config import integrations
         from im.incidents import get as get_incident
+        from im.store import integrations as integration_rows
 
         found: dict[str, Any] = {}
         if conflict is not None:
             from im.sync import conflicts
 
-            row = conflicts.get(self.db, conflict)
-            integration, incident = str(row["integration_id"]), int(row["incident_id"])
+            disputed = conflicts.get(self.db, conflict)
+            integration = str(disputed["integration_id"])
+            incident = int(disputed["incident_id"])
         if integration is not None:
-            try:
-                found["integration"] = integrations.find(self.db, integration)["name"]
-            except NotFoundError:
-                found["integration"] = _term("the integration name", integration.strip())
+            known = integration_rows.find(self.db, integration)
+            if known is None and creating:
+                found["integration"] = rbac.check_term("the integration name", integration.strip())
+            elif known is None:
+                # an unknown name's "did you mean" names only integrations the caller may see
+                shown = self.visible("integration.get")
+                found["integration"] = integrations.find(self.db, integration, shown)["name"]
+            else:
+                found["integration"] = known["name"]
         if incident is not None:
             row_incident = get_incident(self.db, incident)
             found["incident"] = {
@@ -148,7 +156,8 @@ class Access:
                 "assigned_to": _person(row_incident.assigned_to),
             }
         if principal is not None:
-            found["principal"] = _term("the principal", principal)
+            # a stored principal from before names were checked is nobody's own
+            found["principal"] = _person(principal) or "?"
         return found
 
     def decide(self, action: str, target: Mapping[str, Any]) -> rbac.Decision:
@@ -172,7 +181,7 @@ class Access:
     def require(self, action: str, *, detail: str = "", **target: Any) -> rbac.Decision:
         """Ask the policy; raise ForbiddenError (logged) when it denies. An allowed
         mutation is logged now and completed by ``finish``."""
-        where = self.target(**target)
+        where = self.target(creating=action == "integration.create", **target)
         decision = self.decide(action, where)
         label = detail or _label(where)
         if not decision.allow:
@@ -181,7 +190,7 @@ class Access:
                 f"access denied: {decision.reason}",
                 "ask a platform.administrator; `im access list` shows your roles",
             )
-        if action in MUTATIONS:
+        if action in AUDITED:
             self._open.append(self._log(action, label, decision, outcome=None))
         return decision
 
@@ -291,6 +300,7 @@ def use_policy(db: Database, principal: str, source: str | None, name: str) -> r
     mistake cannot lock every administrator out. Raises PolicyError, StateError.
     """
     candidate = rbac.compiled(rbac.shipped() if source is None else source, name)
+    _check_speed(candidate)
     bound = principals.bindings_of(db, principal)
     verdict = candidate.decide(rbac.request(principal, "access.policy", bound, {}))
     if not verdict.allow:
@@ -305,6 +315,25 @@ def use_policy(db: Database, principal: str, source: str | None, name: str) -> r
             meta.put(db, POLICY_KEY, source)
             meta.put(db, POLICY_NAME_KEY, name)
     return candidate
+
+
+SLOWEST_DECISION = 0.05  # seconds: every API request and CLI command waits for one or more
+
+
+def _check_speed(candidate: rbac.Policy) -> None:
+    """Refuse a policy whose decisions are slow: each one holds up a request (the API's
+    threads share the compiled policy). The shipped cases are the sample."""
+    slowest = 0.0
+    for case in rbac.cases():
+        started = time.perf_counter()
+        candidate.decide(case["input"])
+        slowest = max(slowest, time.perf_counter() - started)
+        if slowest > SLOWEST_DECISION:
+            raise StateError(
+                f"{candidate.name} takes {slowest * 1000:.0f} ms for one decision (at most "
+                f"{SLOWEST_DECISION * 1000:.0f} ms)",
+                "keep the rules simple: pass data in input rather than computing it",
+            )
 
 
 def policy_source(db: Database) -> tuple[str, str]:

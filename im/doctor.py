@@ -40,7 +40,7 @@ from sqlite_utils import Database
 
 from im.clock import Clock, format_time, parse_time
 from im.config.connection import TransportFor, run_checks
-from im.config.integrations import SECRETS, secret_owner
+from im.config.integrations import PREVIOUS_WEBHOOK_SECRET, SECRETS, secret_owner
 from im.errors import ImError, SecretError
 from im.model import Direction
 from im.security.secrets import ENV_VAR, MasterKey, find_key, unseal
@@ -89,11 +89,14 @@ def diagnose(
     offline: bool = False,
     transport_for: TransportFor | None = None,
     only: Collection[str] | None = None,
+    testable: Collection[str] | None = None,
 ) -> Report:
     """Run every check against the database at ``path``. ``offline`` skips the checks that
     reach the external systems; ``transport_for`` is how they are reached (None: the
-    network); ``only`` limits the integrations checked (those the caller may see). Never
-    raises for what it finds: a problem is a FAIL check."""
+    network); ``only`` limits the integrations checked (those the caller may see) and
+    ``testable`` those whose connection is tested (a passing test lifts a credentials pause,
+    so it takes the right to `im integration test`). Never raises for what it finds: a
+    problem is a FAIL check."""
     report = Report()
     try:
         db = connect(path)
@@ -116,7 +119,14 @@ def diagnose(
         for integration in integrations or []:
             if only is not None and integration["name"] not in only:
                 continue
-            check = partial(_integration, db, integration, now, report, offline, transport_for)
+            network = (
+                OFFLINE
+                if offline
+                else DENIED
+                if testable is not None and integration["name"] not in testable
+                else TEST
+            )
+            check = partial(_integration, db, integration, now, report, network, transport_for)
             _guarded(report, integration["name"], check)
     finally:
         db.close()
@@ -265,10 +275,14 @@ def _secrets(db: Database, key: MasterKey, report: Report) -> None:
                 opened += 1
             except SecretError:
                 option = "--" + name.replace("_", "-")
-                broken.append(
-                    f"{integration['name']} {name.replace('_', ' ')} (enter it again with "
-                    f"`im integration configure {integration['name']} {option}-file PATH`)"
+                fix = (
+                    f"end its rotation with `im integration rotate-secret {integration['name']} "
+                    "--finish`"
+                    if name == PREVIOUS_WEBHOOK_SECRET
+                    else f"enter it again with `im integration configure {integration['name']} "
+                    f"{option}-file PATH`"
                 )
+                broken.append(f"{integration['name']} {name.replace('_', ' ')} ({fix})")
     if broken:
         report.add(
             "secrets",
@@ -321,12 +335,16 @@ def _daemon(db: Database, now: datetime, report: Report) -> None:
 # -- integrations ------------------------------------------------------------------------------
 
 
+# what doctor does about an integration's connection
+TEST, OFFLINE, DENIED = "test", "offline", "denied"
+
+
 def _integration(
     db: Database,
     integration: Mapping[str, Any],
     now: datetime,
     report: Report,
-    offline: bool,
+    network: str,
     transport_for: TransportFor | None,
 ) -> None:
     name = integration["name"]
@@ -340,8 +358,14 @@ def _integration(
             f"`im integration configure {name} --enable`",
         )
     paused_before = _pause(db, integration, now)
-    if not offline:
+    if network == TEST:
         _connection(db, integration, report, transport_for)
+    elif network == DENIED:
+        report.add(
+            f"{name}: connection",
+            WARN,
+            "not tested: that takes the right to `im integration test` it (see `im access list`)",
+        )
     _paused(db, integration, now, paused_before, report)
     _webhooks(db, integration, now, report)
     dead = dead_letters.open_count(db, integration["id"])

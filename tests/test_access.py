@@ -207,13 +207,14 @@ def test_audit_records_a_failed_change_with_its_error(initialised: Im) -> None:
     assert im("incident", "list", env={"IM_USER": "nobody"}).exit_code == 1
     log = json.loads(im.ok("audit", "--format", "json"))
     assert [(e["action"], e["decision"], e["outcome"]) for e in log] == [
+        ("access.grant", "allow", "ok"),  # im init made alice the administrator
         ("incident.create", "allow", "ok"),
         ("incident.update", "allow", "ok"),
         ("incident.update", "allow", "failed"),
         ("incident.list", "deny", "denied"),
     ]
-    assert "closed" in log[2]["error"]
-    assert log[3]["principal"] == "nobody"
+    assert "closed" in log[3]["error"]
+    assert log[4]["principal"] == "nobody"
     assert json.loads(im.ok("audit", "--action", "incident", "--since", "1h", "--format", "json"))
     assert im("audit", "--since", "yesterday").exit_code == 2
 
@@ -226,3 +227,107 @@ def test_tokens_act_with_their_owners_roles(initialised: Im) -> None:
     assert refused.exit_code == 1 and "access denied" in refused.stderr
     assert im("token", "revoke", "mine", env={"IM_USER": "bob"}).exit_code == 1
     assert im("token", "revoke", "mine", env={"IM_USER": "nobody"}).exit_code == 0
+
+
+def test_only_an_administrator_starts_the_daemon(initialised: Im) -> None:
+    initialised.ok("access", "grant", "vic", "--role", "viewer")
+    done = initialised("daemon", "--port", "18089", env={"IM_USER": "vic"})
+    assert done.exit_code == 1
+    assert done.stderr == (
+        "error: access denied: vic (viewer) may not daemon.run (ask a platform.administrator; "
+        "`im access list` shows your roles)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("package im.rbac\n\ndecision := d if { d := data.x with input as {} }\n", "uses `with`"),
+        ('package im.rbac\n\ndecision := {"allow": true, "reason": "x"} if { print("hi") }\n',
+         "uses `print`"),
+    ],
+)  # fmt: skip
+def test_policies_using_what_the_engine_cannot_run_are_refused(
+    initialised: Im, tmp_path: Path, text: str, message: str
+) -> None:
+    policy = tmp_path / "p.rego"
+    policy.write_text(text)
+    for args in (["use", str(policy)], ["test", "--policy", str(policy)]):
+        done = initialised("access", "policy", *args)
+        assert done.exit_code == 1, done.stderr
+        assert message in done.stderr and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "cases",
+    [
+        "package im.rbac_test\n\ncases := [1, 2]\n",
+        'package im.rbac_test\n\ncases := [{"name": "x", "allow": true}]\n',
+        'package im.rbac_test\n\ncases := [{"name": "x", "allow": true, "input": [1]}]\n',
+    ],
+)
+def test_malformed_cases_are_one_line_errors(initialised: Im, tmp_path: Path, cases: str) -> None:
+    path = tmp_path / "cases.rego"
+    path.write_text(cases)
+    done = initialised("access", "policy", "test", "--cases", str(path))
+    assert done.exit_code == 1
+    assert done.stderr.startswith("error: case 1 of the cases is not ")
+
+
+def test_a_policy_file_that_is_not_text_is_a_usage_error(initialised: Im, tmp_path: Path) -> None:
+    path = tmp_path / "p.rego"
+    path.write_bytes(b"\xff\xfe\x00package")
+    done = initialised("access", "policy", "use", str(path))
+    assert done.exit_code == 2
+    assert "p.rego is not UTF-8 text" in done.stderr
+
+
+def test_a_slow_policy_is_refused(initialised: Im, tmp_path: Path) -> None:
+    slow = tmp_path / "slow.rego"
+    slow.write_text(
+        rbac.shipped().replace(
+            "administrator if", "administrator if count(numbers.range(1, 300000)) > 0\n\n_x if"
+        )
+    )
+    done = initialised("access", "policy", "use", str(slow))
+    assert done.exit_code == 1
+    assert "ms for one decision" in done.stderr
+
+
+def test_an_unknown_integration_names_only_what_the_caller_may_see(initialised: Im) -> None:
+    im = initialised
+    env = {"IM_PASSWORD": "x"}
+    for name in ("prod-snow", "dev-snow"):
+        im.ok("integration", "create", name, "--type", "servicenow", "--url",
+              "https://acme.service-now.com", "--username", "u", env=env)  # fmt: skip
+    im.ok("access", "grant", "bob", "--role", "integration.manager", "--scope", "prod-*")
+    for args in (["integration", "get", "prod-snoww"], ["integration", "delete", "prod-x", "--yes"],
+                 ["integration", "reconcile", "schedule", "prod-snox"]):  # fmt: skip
+        done = im(*args, env={"IM_USER": "bob"})
+        assert done.exit_code == 1, done.stderr
+        assert "dev-snow" not in done.stderr and "prod-snow" in done.stderr
+    nobody = im("integration", "reconcile", "schedule", "dev-snox", env={"IM_USER": "nobody"})
+    assert "dev-snow" not in nobody.stderr
+
+
+def test_the_policy_is_shown_to_those_with_a_role(initialised: Im) -> None:
+    assert initialised("access", "policy", "show", env={"IM_USER": "nobody"}).exit_code == 1
+    initialised.ok("access", "grant", "vic", "--role", "viewer")
+    shown = initialised("access", "policy", "show", env={"IM_USER": "vic"})
+    assert shown.exit_code == 0 and "package im.rbac" in shown.stdout
+
+
+def test_showing_a_webhook_secret_is_audited(initialised: Im) -> None:
+    initialised.ok(
+        "integration", "create", "prod-snow", "--type", "servicenow", "--url",
+        "https://acme.service-now.com", "--username", "u",
+        env={"IM_PASSWORD": "x", "IM_WEBHOOK_SECRET": "whsec_c2VjcmV0LXdlYmhvb2s="},
+    )  # fmt: skip
+    initialised.ok("integration", "webhook-setup", "prod-snow", "--show-secret")
+    log = json.loads(initialised.ok("audit", "--format", "json"))
+    assert [e["action"] for e in log] == [
+        "access.grant",  # im init
+        "integration.create",
+        "integration.show-secret",
+    ]
+    assert "whsec_" not in json.dumps(log)

@@ -14,8 +14,9 @@ from sqlite_utils import Database
 from im.access import Access
 from im.clock import Clock
 from im.config.connection import TransportFor
-from im.errors import ImError
+from im.errors import ImError, UsageError
 from im.security import tokens
+from im.security.principals import check_principal
 from im.store import open_database
 
 
@@ -65,7 +66,15 @@ def principal(
     valid one."""
     if credentials is None:
         raise tokens.AuthenticationError("this API needs a bearer token", tokens.HOW_TO_GET_ONE)
-    return tokens.authenticate(db, now, credentials.credentials).principal
+    owner = tokens.authenticate(db, now, credentials.credentials)
+    try:
+        return check_principal(owner.principal)
+    except UsageError:
+        # a token made before principal names were checked: it can act as no one
+        raise tokens.AuthenticationError(
+            f"the token {owner.name} acts as a principal whose name is not valid",
+            f"revoke it with `im token revoke {owner.id}` and create one for a valid name",
+        ) from None
 
 
 def access(

@@ -94,7 +94,9 @@ def show() -> None:
     """Print the policy in force (the shipped one unless `im access policy use` replaced it)."""
     from im import access as service
 
-    name, source = service.policy_source(app().db)
+    ctx = app()
+    ctx.authorize("access.policy.show")
+    name, source = service.policy_source(ctx.db)
     note(f"# {name}")
     click.echo(source, nl=not source.endswith("\n"))
 
@@ -142,8 +144,9 @@ def test(
     from im.security import rbac
 
     ctx = app()
+    ctx.authorize("access.policy.show")
     if policy_file is not None:
-        chosen = rbac.compiled(policy_file.read_text(encoding="utf-8"), policy_file.name)
+        chosen = rbac.compiled(rbac.read_source(policy_file), policy_file.name)
     else:
         chosen = service.policy(ctx.db)
     if action is not None:
@@ -163,7 +166,7 @@ def test(
         return
     if principal or integration or incident:
         raise click.UsageError("--as, --integration and --incident go with an ACTION")
-    tests = rbac.cases(cases_file.read_text(encoding="utf-8") if cases_file else None)
+    tests = rbac.cases(rbac.read_source(cases_file) if cases_file else None)
     results = rbac.run_cases(chosen, tests)
     failed = [r for r in results if not r.passed]
     rows = [
@@ -199,12 +202,13 @@ def use(policy_file: Path | None, builtin: bool) -> None:
     to see which decisions it changes.
     """
     from im import access as service
+    from im.security import rbac
 
     if builtin == (policy_file is not None):
         raise click.UsageError("give either POLICY_FILE or --builtin")
     ctx = app()
     ctx.authorize("access.policy", detail=policy_file.name if policy_file else "builtin")
-    source = policy_file.read_text(encoding="utf-8") if policy_file else None
+    source = rbac.read_source(policy_file) if policy_file else None
     chosen = service.use_policy(
         ctx.db, ctx.principal, source, policy_file.name if policy_file else "rbac.rego"
     )

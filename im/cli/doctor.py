@@ -32,14 +32,27 @@ def doctor(offline: bool, fmt: str) -> None:
     from im.errors import DatabaseError, SecretError
 
     ctx = app()
-    only = None
+    only: set[str] | None = set()
+    testable: set[str] = set()
     try:
+        ctx.db  # noqa: B018 (opening it is the point)
+        opened = True
+    except (DatabaseError, SecretError):
+        opened = False  # a database that does not open is what the checks below report
+    if opened:
         ctx.authorize("doctor.run")
         only = ctx.access.visible("doctor.run")
-    except (DatabaseError, SecretError):
-        pass  # a database that does not open is what the checks below report
+        # a passing test lifts a credentials pause: it takes the right to test, and is logged
+        testable = {n for n in only if ctx.access.allows("integration.test", integration=n)}
+        for name in sorted(testable if not offline else ()):
+            ctx.authorize("integration.test", integration=name, detail=f"on {name} (im doctor)")
     report = diagnosis.diagnose(
-        ctx.path, ctx.clock, offline=offline, transport_for=ctx.transport_for, only=only
+        ctx.path,
+        ctx.clock,
+        offline=offline,
+        transport_for=ctx.transport_for,
+        only=only,
+        testable=testable,
     )
     if fmt in ("json", "jsonl"):
         emit_object(report.as_json(), fmt)

@@ -223,9 +223,12 @@ def test_(name: str, fmt: str) -> None:
     """Check reachability, TLS, credentials, permissions and scope against the external
     system, and warn when the account looks like a person's. Exits 1 when a check fails."""
     from im.config import connection
+    from im.config import integrations as config
 
-    app().authorize("integration.test", integration=name)
-    report = connection.run_checks(app().db, name)
+    ctx = app()
+    ctx.authorize("integration.test", integration=name)
+    reach = ctx.transport_for(config.find(ctx.db, name)) if ctx.transport_for else None
+    report = connection.run_checks(ctx.db, name, transport=reach)
     if fmt == "json":
         emit_object(
             {
@@ -266,7 +269,10 @@ def webhook_setup(name: str, public_url: str | None, show_secret: bool) -> None:
     from im.store import daemon, meta
 
     ctx = app()
-    ctx.authorize("integration.webhook-setup", integration=name)
+    ctx.authorize(
+        "integration.show-secret" if show_secret else "integration.webhook-setup",
+        integration=name,
+    )
     running = daemon.status(ctx.db, ctx.clock.now())
     known = meta.get(ctx.db, "public_url") or (
         f"http://{running.listen}" if running.running and running.listen else None

@@ -253,12 +253,12 @@ def schedule(
     from im.sync import schedules
 
     ctx = app()
+    showing = interval is None and auto_heal is None and enabled is None
+    ctx.authorize("reconcile.schedule.show" if showing else "reconcile.schedule", integration=name)
     integration = config.find(ctx.db, name)
-    if interval is None and auto_heal is None and enabled is None:
-        ctx.authorize("reconcile.schedule.show", integration=name)
+    if showing:
         emit_object(schedules.get(ctx.db, integration), fmt)
         return
-    ctx.authorize("reconcile.schedule", integration=name)
     shown = schedules.put(
         ctx.db, ctx.clock, ctx.principal, integration, interval, auto_heal, enabled
     )

@@ -80,6 +80,7 @@ def revoke(token_ref: str) -> None:
     from im.security import tokens
 
     ctx = app()
-    ctx.authorize("token.revoke", principal=tokens.find(ctx.db, token_ref).principal)
-    revoked = tokens.revoke(ctx.db, ctx.clock, token_ref)
+    found = tokens.find(ctx.db, token_ref)
+    ctx.authorize("token.revoke", principal=found.principal)
+    revoked = tokens.revoke(ctx.db, ctx.clock, str(found.id))  # the token decided on
     click.echo(f"revoked token {revoked.name} (id {revoked.id})")

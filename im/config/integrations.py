@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -258,12 +258,13 @@ def _ca_bundle(path: str) -> str:
     return str(resolved)
 
 
-def find(db: Database, name_or_id: str) -> dict[str, Any]:
-    """The integration named (or numbered) so. Raises NotFoundError listing what exists."""
+def find(db: Database, name_or_id: str, visible: Collection[str] | None = None) -> dict[str, Any]:
+    """The integration named (or numbered) so. Raises NotFoundError listing what exists, or
+    only what is ``visible`` to the caller."""
     row = rows.find(db, name_or_id)
     if row is not None:
         return row
-    existing = rows.names(db)
+    existing = [n for n in rows.names(db) if visible is None or n in visible]
     close = difflib.get_close_matches(name_or_id, existing, n=3)
     if close:
         hint = f"did you mean {', '.join(close)}?"

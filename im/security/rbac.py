@@ -23,8 +23,9 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from im.errors import ImError, UsageError
@@ -57,15 +58,53 @@ def check_term(what: str, value: str) -> str:
     return value
 
 
+@cache
 def shipped(name: str = BUILTIN) -> str:
     """The text of a policy file that ships with the package."""
     return resources.files("im.security.policies").joinpath(name).read_text(encoding="utf-8")
+
+
+# The engine prints to file descriptor 1, which belongs to the whole process: one capture at
+# a time, and never while a request thread could be compiling too.
+_ENGINE_OUTPUT = threading.RLock()
+# Rego features the engine mishandles: `with` crashes the process (NOTES.md), `print`
+# writes to stdout where data goes.
+_UNSUPPORTED = re.compile(r"\bwith\b|\bprint\s*\(")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|`[^`]*`')
+
+
+def check_supported(source: str, name: str) -> str:
+    """``source`` unless it uses what the engine cannot run safely. Raises PolicyError."""
+    for number, line in enumerate(source.splitlines(), start=1):
+        code = _STRING.sub('""', line).split("#", 1)[0]  # not in strings, not in comments
+        found = _UNSUPPORTED.search(code)
+        if found:
+            raise PolicyError(
+                f"{name}:{number} uses `{found.group(0).rstrip('( ')}`, which im's Rego engine "
+                "does not support (regopy 1.5 crashes on `with`; `print` would write into "
+                "the output)",
+                "rewrite it without them",
+            )
+    return source
+
+
+def read_source(path: Path) -> str:
+    """A policy or cases file's text. Raises UsageError when it is not UTF-8 text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path.name} is not UTF-8 text", "give a .rego file") from None
 
 
 @contextmanager
 def _engine_output() -> Iterator[list[str]]:
     """Capture what the engine prints on file descriptor 1 (its compile errors), so stdout
     stays data; the captured text is handed to the caller."""
+    with _ENGINE_OUTPUT:
+        yield from _captured()
+
+
+def _captured() -> Iterator[list[str]]:
     sys.stdout.flush()
     captured: list[str] = []
     with tempfile.TemporaryFile() as sink:
@@ -143,10 +182,20 @@ class Policy:
         )
 
 
-@lru_cache(maxsize=4)
+_COMPILED: dict[tuple[str, str], Policy] = {}
+
+
 def compiled(source: str, name: str = BUILTIN) -> Policy:
-    """The policy compiled from ``source``, once per process."""
-    return Policy(source, name)
+    """The policy compiled from ``source``, once per process (and once across threads)."""
+    with _ENGINE_OUTPUT:
+        found = _COMPILED.get((source, name))
+        if found is None:
+            if source != shipped():
+                check_supported(source, name)
+            found = _COMPILED[(source, name)] = Policy(source, name)
+            while len(_COMPILED) > 4:  # a few policies are tested, one is in force
+                del _COMPILED[next(iter(_COMPILED))]
+        return found
 
 
 def request(
@@ -183,7 +232,7 @@ def cases(source: str | None = None) -> list[dict[str, Any]]:
     name, an input, the expected ``allow`` and optionally the exact ``reason``."""
     import regopy
 
-    text = shipped(BUILTIN_CASES) if source is None else source
+    text = shipped(BUILTIN_CASES) if source is None else check_supported(source, "the cases")
     rego = regopy.Interpreter()
     with _engine_output() as printed:
         try:
@@ -197,6 +246,18 @@ def cases(source: str | None = None) -> list[dict[str, Any]]:
         raise PolicyError(
             f"the policy tests do not load: {_first_error(''.join(printed), 'no cases')}"
         )
+    for number, case in enumerate(found, start=1):
+        if not (
+            isinstance(case, dict)
+            and isinstance(case.get("name"), str)
+            and isinstance(case.get("allow"), bool)
+            and isinstance(case.get("input"), dict)
+            and isinstance(case.get("reason", ""), str)
+        ):
+            raise PolicyError(
+                f"case {number} of the cases is not "
+                '{"name": string, "input": object, "allow": bool, "reason": string (optional)}'
+            )
     return found
 
 

@@ -15,7 +15,7 @@ from im.clock import Clock, format_time
 from im.errors import DatabaseError
 from im.model import Role
 from im.security.secrets import MasterKey, new_database_key
-from im.store import meta, principals, schema
+from im.store import audit, meta, principals, schema
 from im.store.db import connect, create_file, database_path, enable_wal, write
 
 __all__ = ["InitResult", "database_path", "initialise", "open_database", "write"]
@@ -101,6 +101,19 @@ def _populate(db: Database, key: MasterKey, clock: Clock, principal: str) -> boo
         meta.put(db, "key_source", recorded_source(key))
         meta.put(db, "key_id", key.key_id)
         principals.grant(db, principal, Role.ADMINISTRATOR, "", "im init", now)
+        audit.insert(
+            db,
+            {
+                "at": now,
+                "principal": principal,
+                "via": "cli",
+                "action": "access.grant",
+                "target": f"for {principal}",
+                "decision": "allow",
+                "reason": "im init makes the creator of a new database its administrator",
+                "outcome": "ok",
+            },
+        )
     return True
 
 

@@ -17,6 +17,10 @@ COLUMNS = (
     "created_by"
 )
 
+# The secrets the integration signs in with outbound; webhook secrets only check what comes
+# in, so rotating one does not mean refused credentials were replaced.
+CREDENTIAL_SECRETS = "name NOT LIKE 'webhook_secret%'"
+
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
     row["settings"] = json.loads(row["settings"])

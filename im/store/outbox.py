@@ -14,6 +14,7 @@ from sqlite_utils import Database
 
 from im.store import dead_letters
 from im.store.db import insert_row
+from im.store.integrations import CREDENTIAL_SECRETS
 
 LIVE_STATES = ("pending", "in_flight", "in_doubt")
 
@@ -145,7 +146,7 @@ def due(db: Database, now: str, limit: int) -> list[dict[str, Any]]:
     return [
         _decode(r)
         for r in db.query(
-            """
+            f"""
             SELECT o.* FROM outbox o
             JOIN integrations i ON i.id = o.integration_id
             LEFT JOIN integration_state s ON s.integration_id = o.integration_id
@@ -154,7 +155,8 @@ def due(db: Database, now: str, limit: int) -> list[dict[str, Any]]:
               AND (s.paused_until IS NULL OR s.paused_until <= :now)
               AND NOT (COALESCE(s.pause_reason, '') = 'auth-failing'
                        AND COALESCE((SELECT max(c.updated_at) FROM integration_secrets c
-                                     WHERE c.integration_id = i.id), '') <= s.paused_at)
+                                     WHERE c.integration_id = i.id
+                                       AND c.{CREDENTIAL_SECRETS}), '') <= s.paused_at)
               AND (s.next_send_at IS NULL OR s.next_send_at <= :now)
               AND NOT EXISTS (
                   SELECT 1 FROM outbox p

@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from im.store.integrations import CREDENTIAL_SECRETS
+
 RATE_LIMITED = "rate-limited"
 AUTH_FAILING = "auth-failing"
 
@@ -106,9 +108,10 @@ def counters(db: Database, integration_id: int) -> dict[str, int]:
 
 
 def credentials_changed_at(db: Database, integration_id: int) -> str:
-    """When the integration's secrets last changed ("" when it has none)."""
+    """When the integration's credentials last changed ("" when it has none)."""
     row = db.execute(
-        "SELECT max(updated_at) FROM integration_secrets WHERE integration_id = ?",
+        "SELECT max(updated_at) FROM integration_secrets "
+        f"WHERE integration_id = ? AND {CREDENTIAL_SECRETS}",
         [integration_id],
     ).fetchone()
     return str(row[0]) if row and row[0] else ""

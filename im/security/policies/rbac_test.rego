@@ -111,4 +111,8 @@ cases := [
 	{"name": "administrator may token.revoke for another", "input": {"principal": "ann", "action": "token.revoke", "bindings": [{"role": "platform.administrator", "scope": ""}], "target": {"principal": "vic"}}, "allow": true},
 	{"name": "no role: denied with how to get one", "input": {"principal": "nobody", "action": "incident.list", "bindings": [], "target": {}}, "allow": false, "reason": "nobody has no role; an administrator can grant one with `im access grant nobody --role viewer`"},
 	{"name": "unknown action", "input": {"principal": "ann", "action": "incident.explode", "bindings": [{"role": "platform.administrator", "scope": ""}], "target": {}}, "allow": false, "reason": "incident.explode is not an action im knows"},
+	{"name": "a viewer may read the policy", "input": {"principal": "vic", "action": "access.policy.show", "bindings": [{"role": "viewer", "scope": ""}], "target": {}}, "allow": true},
+	{"name": "no role: the policy is not shown", "input": {"principal": "nobody", "action": "access.policy.show", "bindings": [], "target": {}}, "allow": false},
+	{"name": "a manager may show a secret in scope", "input": {"principal": "bob", "action": "integration.show-secret", "bindings": [{"role": "integration.manager", "scope": "prod-*"}], "target": {"integration": "prod-snow"}}, "allow": true},
+	{"name": "a viewer may not show a secret", "input": {"principal": "vic", "action": "integration.show-secret", "bindings": [{"role": "viewer", "scope": ""}], "target": {"integration": "prod-snow"}}, "allow": false},
 ]
