@@ -40,7 +40,8 @@ def rotate(fmt: str) -> None:
     done = rotate_key(ctx.db)
     if fmt == "table":
         click.echo(
-            f"re-encrypted {done.secrets} secrets of {done.integrations} integrations with key "
+            f"re-encrypted {_count(done.secrets, 'secret')} of "
+            f"{_count(done.integrations, 'integration')} with key "
             f"{done.new_key_id} (was {done.old_key_id}); the key is in {done.location}"
         )
     else:
@@ -51,3 +52,7 @@ def rotate(fmt: str) -> None:
             "cron, the daemon's service) and restart the daemon: until then they cannot open "
             "the secrets"
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
