@@ -5,7 +5,8 @@ hand on a frozen clock. Used by the inbound and conflict tests."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,33 +120,48 @@ def two(initialised: Im, clock: FrozenClock) -> Iterator[Two]:
         "prod-jira": JiraSimulator(clock=clock, webhook_url="http://im/webhooks/prod-jira", webhook_secret=SECRET["prod-jira"]),
         "prod-pd": PagerDutySimulator(clock=clock, webhook_url="http://im/webhooks/prod-pd", webhook_secret=SECRET["prod-pd"]),
     }  # fmt: skip
-    receiver = WebhookReceiver(initialised.db_path, clock)
-    bridge = ASGIBridge(create_app(lambda: (True, ""), webhook=receiver.handle))
-    daemon = httpx.Client(transport=bridge, base_url="http://im")
 
     def transport_for(integration: dict[str, Any]) -> httpx.BaseTransport:
         return sims[integration["name"]].transport()
 
-    initialised.transport_for = transport_for
-    db = open_database(initialised.db_path)
-    applier_db = open_database(initialised.db_path)
+    with platform(initialised, clock, sims, transport_for) as world:
+        yield world
+
+
+@contextmanager
+def platform(
+    im: Im,
+    clock: FrozenClock,
+    sims: dict[str, Simulator],
+    transport_for: Callable[[dict[str, Any]], httpx.BaseTransport],
+) -> Iterator[Two]:
+    """The daemon's webhook route, sender and applier over ``im``'s database, reaching the
+    simulators through ``transport_for``; everything closed at the end."""
+    receiver = WebhookReceiver(im.db_path, clock)
+    bridge = ASGIBridge(create_app(lambda: (True, ""), webhook=receiver.handle))
+    daemon = httpx.Client(transport=bridge, base_url="http://im")
+    im.transport_for = transport_for
+    db = open_database(im.db_path)
+    applier_db = open_database(im.db_path)
     world = Two(
-        initialised,
+        im,
         clock,
         sims,
         daemon,
         Dispatcher(db, clock, transport_for=transport_for, sleep=clock.advance),
         Applier(applier_db, clock, transport_for=transport_for, sleep=clock.advance),
     )
-    yield world
-    world.dispatcher.close()
-    world.applier.close()
-    receiver.close()
-    bridge.shutdown()
-    db.close()
-    applier_db.close()
-    for sim in sims.values():
-        sim.shutdown()
+    try:
+        yield world
+    finally:
+        world.dispatcher.close()
+        world.applier.close()
+        receiver.close()
+        bridge.shutdown()
+        db.close()
+        applier_db.close()
+        for sim in sims.values():
+            sim.shutdown()
 
 
 def new_incident(two: Two, *args: str) -> int:

@@ -142,6 +142,7 @@ def _register() -> None:
         audit,
         conflict,
         daemon,
+        demo,
         doctor,
         incident,
         init,
@@ -153,6 +154,7 @@ def _register() -> None:
 
     cli.add_command(init.init)
     cli.add_command(daemon.daemon)
+    cli.add_command(demo.demo)
     cli.add_command(doctor.doctor)
     cli.add_command(incident.incident)
     cli.add_command(conflict.conflict)

@@ -84,7 +84,40 @@ def resolve(conflict_id: str, choice: str | None) -> None:
     ctx = app()
     ctx.authorize("conflict.resolve", conflict=conflict_id)
     done = conflicts.resolve(ctx.db, ctx.clock, ctx.principal, conflict_id, choice)
-    outcome = (
-        "ignored (both sides kept)" if choice == "ignore" else f"resolved: {choice} value wins"
-    )
-    click.echo(f"conflict-{done['id']} {outcome}")
+    click.echo(f"conflict-{done['id']} {conflicts.outcome(choice)}")
+
+
+@conflict.command()
+@click.option(
+    "--integration",
+    "integration_name",
+    metavar="NAME",
+    help="Start filtered to this integration's conflicts.",
+)
+@click.option("--incident", metavar="INC-n", help="Start filtered to this incident's conflicts.")
+def review(integration_name: str | None, incident: str | None) -> int:
+    """Review pending conflicts in a terminal app: both values side by side with times and
+    actors; p, e or i resolves with the platform value, the external value or ignores
+    (each confirmed); / filters, r refreshes (also every few seconds), q quits."""
+    import sys
+
+    from im import incidents
+    from im.config import integrations as config
+    from im.errors import UsageError
+
+    ctx = app()
+    ctx.authorize("conflict.list", integration=integration_name)
+    terms = []
+    if integration_name:
+        terms.append(config.find(ctx.db, integration_name)["name"])
+    if incident:
+        terms.append(incidents.get(ctx.db, incident).display_id)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError(
+            "im conflict review needs a terminal", "use `im conflict list` in scripts and pipes"
+        )
+    from im.tui.app import ConflictReviewApp  # Textual only now: `im --help` stays fast
+
+    tui = ConflictReviewApp(ctx.path, ctx.clock, ctx.principal, filter_text=" ".join(terms))
+    tui.run()
+    return tui.return_code or 0

@@ -27,6 +27,7 @@ from im.sync import outbound
 
 PLATFORM = "platform"
 EXTERNAL = "external"
+IGNORE = "ignore"  # a manual choice: keep both sides as they are
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,11 @@ def get(db: Database, ref: str) -> dict[str, Any]:
     if found is None:
         raise NotFoundError(f"no {ref.strip()}", "see `im conflict list`")
     return found
+
+
+def outcome(choice: str) -> str:
+    """How a manual resolution with ``choice`` ended, in words (the CLI and the TUI)."""
+    return "ignored (both sides kept)" if choice == IGNORE else f"resolved: {choice} value wins"
 
 
 def resolve(db: Database, clock: Clock, actor: str, ref: str, choice: str) -> dict[str, Any]:
