@@ -457,3 +457,23 @@ def test_snapshot_long_value_and_a_denial(two: Two, snap_compare: Any) -> None:
         await settle(pilot)
 
     assert snap_compare(review(two, "vic"), terminal_size=SIZE, run_before=refused)
+
+
+def test_a_refresh_while_the_confirm_box_is_open_lands_on_the_list(world: Two) -> None:
+    """The live refresh keeps running behind the confirm box; its result goes to the list
+    underneath, and the answer still resolves."""
+
+    async def scenario(app: ConflictReviewApp, pilot: Pilot[int]) -> None:
+        await pilot.press("i")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        world.im.ok("conflict", "resolve", "conflict-2", "--use-platform")
+        app.action_refresh()
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert shown(app) == ["conflict-1"]
+        await pilot.press("y")
+        await settle(pilot)
+        assert shown(app) == []
+
+    drive(review(world), scenario)

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
+from textual.widget import Widget
 from textual.widgets import Footer, Header
 from textual.worker import Worker, WorkerState
 
@@ -25,6 +27,8 @@ from im.tui.conflict_table import ConflictTable
 from im.tui.filter_bar import FilterBar
 from im.tui.review import Review, describe, narrow
 from im.tui.status_line import StatusLine
+
+W = TypeVar("W", bound=Widget)
 
 REFRESH_EVERY = 3.0  # seconds
 _MAIN_SCREEN_ONLY = frozenset({"resolve", "filter", "refresh", "quit"})
@@ -73,7 +77,7 @@ class ConflictReviewApp(App[int]):
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.query_one(ConflictTable).focus()
+        self._main(ConflictTable).focus()
         self._explain_empty()
         self.action_refresh()
         if self.refresh_every:
@@ -93,17 +97,22 @@ class ConflictReviewApp(App[int]):
         )  # fmt: skip
 
     def action_filter(self) -> None:
-        self.query_one(FilterBar).focus()
+        self._main(FilterBar).focus()
 
     def action_resolve(self, choice: str) -> None:
-        conflict = self.query_one(ConflictTable).current
+        conflict = self._main(ConflictTable).current
         if conflict is None:
-            self.query_one(StatusLine).say("no conflict selected", "info")
+            self._main(StatusLine).say("no conflict selected", "info")
             return
         self.run_worker(
             partial(self._check, conflict, choice), name="check", group="resolve",
             thread=True, exclusive=True, exit_on_error=False,
         )  # fmt: skip
+
+    def _main(self, kind: type[W]) -> W:
+        """A widget of the main screen, also while the confirm box is on top (the app's own
+        query_one looks at the screen on top only)."""
+        return self.screen_stack[0].query_one(kind)
 
     # what the widgets say
 
@@ -112,13 +121,13 @@ class ConflictReviewApp(App[int]):
         self._show()
 
     def on_filter_bar_done(self, _: FilterBar.Done) -> None:
-        self.query_one(ConflictTable).focus()
+        self._main(ConflictTable).focus()
 
     def on_conflict_table_highlighted(self, event: ConflictTable.Highlighted) -> None:
         if event.conflict is None:
             self._explain_empty()
         else:
-            self.query_one(ConflictDetail).show(event.conflict)
+            self._main(ConflictDetail).show(event.conflict)
 
     def _explain_empty(self) -> None:
         if not self.loaded:
@@ -127,7 +136,7 @@ class ConflictReviewApp(App[int]):
             why = f"no pending conflict matches {self.filter_text.strip()!r}"
         else:
             why = "no pending conflicts: nothing to review"
-        self.query_one(ConflictDetail).show(None, why)
+        self._main(ConflictDetail).show(None, why)
 
     # the workers (threads: each Review call opens its own connection)
 
@@ -144,7 +153,11 @@ class ConflictReviewApp(App[int]):
         return f"conflict-{done['id']} {conflicts.outcome(choice)}"
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker, status = event.worker, self.query_one(StatusLine)
+        try:
+            status = self._main(StatusLine)
+        except (IndexError, NoMatches):
+            return  # the app is closing (or not composed yet): nowhere to show a result
+        worker = event.worker
         if worker.name == "load" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
             self._loading = False
         if event.state is WorkerState.ERROR:
@@ -168,7 +181,7 @@ class ConflictReviewApp(App[int]):
 
     def _answered(self, conflict: Mapping[str, Any], choice: str, yes: bool | None) -> None:
         if not yes:
-            self.query_one(StatusLine).say(f"cancelled: {conflict['id']} left pending", "info")
+            self._main(StatusLine).say(f"cancelled: {conflict['id']} left pending", "info")
             return
         self.run_worker(
             partial(self._resolve, conflict, choice), name="resolve", group="resolve",
@@ -177,7 +190,7 @@ class ConflictReviewApp(App[int]):
 
     def _show(self) -> None:
         shown = narrow(self.pending, self.filter_text)
-        self.query_one(ConflictTable).show(shown)
+        self._main(ConflictTable).show(shown)
         if not shown:
             self._explain_empty()
         count = f"{len(self.pending)} pending"
