@@ -92,6 +92,8 @@ _INCIDENT_ID = re.compile(r"(?:INC-)?([1-9][0-9]{0,17})", re.IGNORECASE)
 # that are multi-line by nature keep newlines and tabs.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_EXCEPT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# tabs too: they shift columns
+_CONTROL_EXCEPT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,14 @@ def check_text(what: str, value: str, multiline: bool = False) -> None:
     pattern = _CONTROL_EXCEPT_LINES if multiline else _CONTROL
     if pattern.search(value):
         raise ValidationError(f"{what} must not contain control characters")
+
+
+def printable(text: str, lines: bool = False) -> str:
+    """``text`` safe to put on a terminal: control characters (escape sequences among them)
+    written out as ``\\x1b``-style escapes, so a value that came from an external system can
+    neither move the cursor nor retitle the window; line breaks kept only when ``lines``."""
+    pattern = _CONTROL_EXCEPT_NEWLINE if lines else _CONTROL
+    return pattern.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 def check_transition(current: str, new: str) -> None:

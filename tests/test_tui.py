@@ -477,3 +477,22 @@ def test_a_refresh_while_the_confirm_box_is_open_lands_on_the_list(world: Two) -
         assert shown(app) == []
 
     drive(review(world), scenario)
+
+
+def test_control_characters_from_outside_are_shown_not_obeyed(world: Two) -> None:
+    """An agent's value holding escape sequences (a window retitle, a colour) or tabs is
+    shown escaped in the list, the detail and the question: the terminal never acts on it."""
+    hostile = "\x1b]2;PWNED\x1b\\\ttabbed \x1b[31mred"
+    db = world.im.db()
+    with db.conn:
+        db.execute("UPDATE conflicts SET external_value = ? WHERE id = 1", [hostile])
+    db.close()
+
+    async def scenario(app: ConflictReviewApp, pilot: Pilot[int]) -> None:
+        await pilot.press("e")
+        await settle(pilot)
+        text = screen_text(app)
+        assert "\x1b" not in text and "\t" not in text
+        assert "\\x1b]2;PWNED" in text
+
+    drive(review(world), scenario)

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import click
 
+from im.model import printable
+
 FORMATS = ("table", "json", "jsonl", "csv")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,8 +45,8 @@ def _cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, Mapping | list):
         return json.dumps(value, sort_keys=True)
-    text = str(value)
-    return text.replace("\n", " ").replace("\r", " ")
+    # one line, and nothing a terminal would act on (values come from external systems too)
+    return printable(" ".join(str(value).splitlines()))
 
 
 def _is_terminal() -> bool:

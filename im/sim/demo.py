@@ -64,6 +64,7 @@ STEP_TIMEOUT = 15.0  # seconds a step waits for what it shows; then it did not h
 POLL_SECONDS = 0.02
 DAEMON_START_TIMEOUT = 30.0
 PRINCIPAL = "demo"  # who the demo acts as (IM_USER of its processes): its database's administrator
+SIMULTANEOUS_DELAY = 1.0  # seconds the Jira agent's webhook is held back in step 3
 CONFLICT_STRATEGY = "manual-review"  # Jira's in step 3: the conflict waits for a person
 PERMANENT_ERROR = 422  # what the failing system answers every write with in step 5
 
@@ -517,16 +518,25 @@ class Story:
         )
         issue = stage.link("jira", self.incident)
         theirs, ours = "Checkout 502s: payment gateway timeouts", "Checkout 502s: bad deploy 4711"
-        say.say(f'The Jira agent renames {issue["external_key"]} "{theirs}"; at the same moment')
+        say.say(
+            f'The Jira agent renames {issue["external_key"]} "{theirs}" (its webhook held back '
+            f"{SIMULTANEOUS_DELAY:g} s, as a slow network would); at the same moment"
+        )
         say.command(f'im incident update {self.ref} --title "{ours}"')
         since = time.monotonic()
-        # The agent's edit first: its webhook takes longer to be applied than our commit, so
-        # neither side has seen the other's change when the two meet.
-        with stage.agent("jira") as agent:
-            answer = agent.put(
-                f"/rest/api/3/issue/{issue['external_id']}", json={"fields": {"summary": theirs}}
-            )
-        incidents.update(stage.db, stage.clock, PRINCIPAL, self.ref, {"title": ours})
+        # The agent's edit first, its webhook held back a second (as a slow network would):
+        # our commit lands before either side has seen the other's change, however loaded the
+        # machine is.
+        stage.faults("jira", {"delay-webhooks": SIMULTANEOUS_DELAY})
+        try:
+            with stage.agent("jira") as agent:
+                answer = agent.put(
+                    f"/rest/api/3/issue/{issue['external_id']}",
+                    json={"fields": {"summary": theirs}},
+                )
+            incidents.update(stage.db, stage.clock, PRINCIPAL, self.ref, {"title": ours})
+        finally:
+            stage.faults("jira", {"delay-webhooks": 0})
         if answer.status_code != 204:
             raise StepFailedError(f"Jira refused the agent's edit ({answer.status_code})")
         integration_id = stage.integrations["jira"]["id"]
@@ -693,7 +703,7 @@ STEPS: list[tuple[str, str, Callable[[Story], Measured]]] = [
 
 @contextlib.contextmanager
 def _signals() -> Iterator[Callable[[], None]]:
-    """While the demo runs, SIGTERM stops it like Ctrl-C (so it still cleans up). Gives a
+    """While the demo runs, SIGTERM and SIGHUP stop it like Ctrl-C (so it still cleans up). Gives a
     function that shields the cleanup from both; the handlers are put back on the way out."""
     if threading.current_thread() is not threading.main_thread():
         yield lambda: None
@@ -706,8 +716,10 @@ def _signals() -> Iterator[Callable[[], None]]:
         for s in previous:
             signal.signal(s, signal.SIG_IGN)
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a closed terminal (SIGHUP) must clean up too, or the throw-away directory stays
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
     try:
         yield shield
     finally:

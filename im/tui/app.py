@@ -66,6 +66,7 @@ class ConflictReviewApp(App[int]):
         self.pending: list[dict[str, Any]] = []
         self.loaded = False
         self._loading = False
+        self._load_failed = False  # the status line shows a load's error
         self.sub_title = principal
 
     def compose(self) -> ComposeResult:
@@ -105,7 +106,8 @@ class ConflictReviewApp(App[int]):
             self._main(StatusLine).say("no conflict selected", "info")
             return
         self.run_worker(
-            partial(self._check, conflict, choice), name="check", group="resolve",
+            # its own group: a new check must never cancel a resolve still being made
+            partial(self._check, conflict, choice), name="check", group="check",
             thread=True, exclusive=True, exit_on_error=False,
         )  # fmt: skip
 
@@ -162,6 +164,7 @@ class ConflictReviewApp(App[int]):
             self._loading = False
         if event.state is WorkerState.ERROR:
             status.say(describe(worker.error or RuntimeError()), "error")
+            self._load_failed = worker.name == "load"
             if worker.name == "resolve":  # it may have been resolved meanwhile
                 self.action_refresh()
         if event.state is not WorkerState.SUCCESS:
@@ -170,6 +173,9 @@ class ConflictReviewApp(App[int]):
         if worker.name == "load":
             self.pending, self.loaded = result, True
             self._show()
+            if self._load_failed:  # the list reads again: the old error no longer holds
+                self._load_failed = False
+                status.say("the list reads again", "info")
         elif worker.name == "check":
             conflict, choice = result
             self.push_screen(

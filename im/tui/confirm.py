@@ -13,13 +13,19 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from im.sync import conflicts
+from im.tui.conflict_table import clip
+
+QUOTED = 180  # cells of a value quoted in the question
 
 
 def question(conflict: Mapping[str, Any], choice: str) -> Text:
     """What resolving ``conflict`` with ``choice`` does, in words."""
     where = f"{conflict['incident']} {conflict['field']}"
     integration = conflict["integration"]
-    platform, external = conflict["platform_value"], conflict["external_value"]
+    # one line each, cut short: the detail pane shows them whole, and the question (with its
+    # keys) must fit the screen whatever the values' length
+    platform = clip(conflict["platform_value"], QUOTED)
+    external = clip(conflict["external_value"], QUOTED)
     text = Text()
     if choice == conflicts.PLATFORM:
         text.append("Use the platform value\n", "bold")

@@ -13,6 +13,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
+from im.model import printable
+
 LABEL = "bold"
 
 
@@ -27,13 +29,14 @@ def _pairs(*pairs: tuple[str, str]) -> Text:
 
 
 def _side(value: str, at: str, actor: str) -> Table:
-    """A value (wrapped under itself, never cut), its time and its actor."""
+    """Its time and actor, then the value (wrapped under itself, never cut): a long value
+    must not push who and when out of view."""
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style=LABEL, no_wrap=True)
     grid.add_column(overflow="fold")
-    grid.add_row("value", Text(value or "(empty)"))
     grid.add_row("at", Text(at))
-    grid.add_row("by", Text(actor or "?"))
+    grid.add_row("by", Text(printable(actor or "?")))
+    grid.add_row("value", Text(printable(value, lines=True) or "(empty)"))
     return grid
 
 

@@ -11,6 +11,8 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import DataTable
 
+from im.model import printable
+
 MARK = "▶"
 # (key in conflicts.view, heading, widest it is shown); the two values share what is left
 FIXED = (
@@ -25,7 +27,7 @@ SCROLLBAR = 1  # im.tcss: scrollbar-size-vertical
 
 def clip(value: str, width: int) -> str:
     """``value`` on one line in at most ``width`` cells, ending in … when cut."""
-    line = " ".join(value.split()) or "(empty)"
+    line = printable(" ".join(value.split())) or "(empty)"
     if cell_len(line) <= width:
         return line
     return set_cell_size(line, max(width - 1, 0)) + "…"

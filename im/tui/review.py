@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +71,13 @@ class Review:
             try:
                 done = conflicts.resolve(db, self.clock, self.principal, ref, choice)
             except BaseException as error:
-                access.finish(describe(error))
+                with suppress(ImError, sqlite3.Error):
+                    access.finish(describe(error))
                 raise
-            access.finish(None)
+            # the resolve is committed: a log entry that cannot be completed now (a busy
+            # database) must not report it as failed; the entry stays open, as in the CLI
+            with suppress(ImError, sqlite3.Error):
+                access.finish(None)
             return done
 
 
