@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,105 +23,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import OPTIONS, SECRETS, run_im
+from common import agent, linked_world, run_im, spec_row
 
-from im.clock import SystemClock, format_time
-from im.config.connection import open_connector
-from im.model import SCALAR_FIELDS
 from im.sim.core import Simulator
-from im.sim.jira import JiraSimulator
-from im.sim.pagerduty import PagerDutySimulator
 from im.sim.server import serve_in_thread
-from im.sim.servicenow import ServiceNowSimulator
-from im.store import incidents as incident_rows
-from im.store import integrations as integration_rows
-from im.store import links, meta, open_database, snapshots
-from im.store.db import write
-from im.sync.outbound import correlation_key
-
-SIMS: dict[str, type[Simulator]] = {
-    "servicenow": ServiceNowSimulator,
-    "jira": JiraSimulator,
-    "pagerduty": PagerDutySimulator,
-}
-SEVERITIES = ("sev1", "sev2", "sev3", "sev4", "sev5")
 
 
 def _agent_edit(kind: str, sim: Simulator, external_id: str) -> None:
     """A person changes the title there; the webhook never arrives."""
-    import httpx
-
-    if kind == "servicenow":
-        with httpx.Client(
-            transport=sim.transport(), base_url="http://sim", auth=("agent", "agent")
-        ) as c:
+    with agent(kind, "http://sim", sim.transport()) as c:
+        if kind == "servicenow":
             c.patch(f"/api/now/table/incident/{external_id}", json={"short_description": "edited"})
-    elif kind == "jira":
-        auth = ("agent@example.com", "agent-token")
-        with httpx.Client(transport=sim.transport(), base_url="http://sim", auth=auth) as c:
+        elif kind == "jira":
             c.put(f"/rest/api/3/issue/{external_id}", json={"fields": {"summary": "edited"}})
-    else:
-        headers = {"Authorization": "Token token=agent-token", "From": "agent@example.com"}
-        with httpx.Client(transport=sim.transport(), base_url="http://sim", headers=headers) as c:
+        else:
             body = {"incident": {"type": "incident_reference", "title": "edited"}}
             c.put(f"/incidents/{external_id}", json=body)
 
 
 def _world(kind: str, count: int, drift: int, workdir: Path) -> tuple[Simulator, dict[str, str]]:
-    """A database with ``count`` incidents linked to ``count`` records in a new simulator."""
-    db_path = workdir / f"{kind}-{count}.db"
-    env = {
-        **os.environ,
-        "IM_DB": str(db_path),
-        "XDG_CONFIG_HOME": str(workdir / "config"),
-        "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
-        "IM_USER": "bench",
-    }
-    os.environ.update({k: env[k] for k in ("XDG_CONFIG_HOME", "PYTHON_KEYRING_BACKEND")})
-    sim = SIMS[kind]()
-    run_im(env, "init")
-    run_im(
-        env, "integration", "create", "bench", "--type", kind, "--url", "http://127.0.0.1:9",
-        "--direction", "bidirectional", *OPTIONS[kind], extra=SECRETS[kind],
-    )  # fmt: skip
-    db = open_database(db_path)
-    integration = integration_rows.find(db, "bench")
-    assert integration is not None
-    connector = open_connector(db, integration, transport=sim.transport(), sleep=lambda s: None)
-    install = meta.require(db, "install_id")
-    clock = SystemClock()
-    made: list[str] = []
-    for start in range(0, count, 500):
-        with write(db):
-            for n in range(start + 1, min(count, start + 500) + 1):
-                values = {"title": f"bench incident {n}", "severity": SEVERITIES[n % 5]}
-                now = format_time(clock.now())
-                incident_id = incident_rows.insert(
-                    db,
-                    {
-                        "title": values["title"], "description": "", "severity": values["severity"],
-                        "priority": "p3", "status": "triggered", "assigned_to": "",
-                        "escalation_policy": "", "commander": "", "created_at": now,
-                        "updated_at": now, "created_by": "bench",
-                    },
-                )  # fmt: skip
-                record = connector.create(values, correlation_key(install, incident_id))
-                # in sync: the platform holds what the vendor shows (its defaults included)
-                synced = {k: v for k, v in record.fields.items() if k in SCALAR_FIELDS}
-                incident_rows.update(db, incident_id, synced)
-                links.create(db, incident_id, integration["id"], record.id, record.key, now)
-                snapshots.put(
-                    db, integration["id"], incident_id, dict(record.fields), record.version, now
-                )
-                made.append(record.id)
-    connector.close()
-    db.close()
+    """A database with ``count`` incidents linked to ``count`` records in a new simulator,
+    ``drift`` of them then edited there."""
+    sim, env, made = linked_world(kind, count, workdir)
     step = max(1, count // max(drift, 1))
     for external_id in made[::step][:drift]:
         _agent_edit(kind, sim, external_id)
     time.sleep(1.5)  # Jira's search shows a write after about a second
     return sim, env
 
+
+# "Independent of the count": peak memory at --incidents within this factor of that at
+# --small (5 times fewer by default); memory that grew with the count would show about 5.
+MEMORY_RATIO = 1.25
 
 # Runs `im` and, at exit, writes its peak resident memory (VmHWM: this process image only;
 # ru_maxrss would also count the benchmark's own memory, inherited across fork).
@@ -179,11 +112,23 @@ def main() -> None:
         small, large = row[str(args.small)], row[str(args.incidents)]
         row["memory_ratio"] = round(large["peak_rss_mb"] / small["peak_rss_mb"], 2)
         results[kind] = row
+    shutil.rmtree(workdir, ignore_errors=True)
+    large = [r[str(args.incidents)]["seconds"] for r in results.values()]
+    ratios = [r["memory_ratio"] for r in results.values()]
+    sizes = f"{args.incidents:,} / {args.small:,} incidents"
+    rows = [
+        spec_row(5, f"reconcile --dry-run, {args.incidents:,} linked incidents, slowest vendor",
+                 max(large), "s", "<", 20),
+        spec_row(5, f"reconcile --dry-run peak memory, {sizes}, largest ratio (independent "
+                 "of the count)", max(ratios), "", "<", MEMORY_RATIO),
+    ]  # fmt: skip
     print(
         json.dumps(
             {
+                "benchmark": "reconcile",
                 "what": "reconcile --dry-run over linked incidents (simulator on loopback)",
                 "target": "< 20 s at 10,000; peak memory independent of the count",
+                "rows": rows,
                 "results": results,
             },
             indent=2,

@@ -20,6 +20,13 @@ from im.config.connection import TransportFor
 START = datetime(2026, 11, 27, 9, 0, 0, tzinfo=UTC)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The deterministic simulation's seeds (tests/test_simulation.py): ``--seed N`` runs
+    exactly that one; ``--seeds COUNT`` runs seeds 0 to COUNT - 1 (the soak)."""
+    parser.addoption("--seed", type=int, default=None, help="run one simulation seed")
+    parser.addoption("--seeds", type=int, default=200, help="how many simulation seeds to run")
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test touches the user's keyring, config, data directory or environment secrets."""

@@ -134,11 +134,13 @@ def platform(
     clock: FrozenClock,
     sims: dict[str, Simulator],
     transport_for: Callable[[dict[str, Any]], httpx.BaseTransport],
+    serve: Callable[[Any], ASGIBridge] = ASGIBridge,
 ) -> Iterator[Two]:
     """The daemon's webhook route, sender and applier over ``im``'s database, reaching the
-    simulators through ``transport_for``; everything closed at the end."""
+    simulators through ``transport_for``; everything closed at the end. ``serve`` makes the
+    transport the webhook route is reached through."""
     receiver = WebhookReceiver(im.db_path, clock)
-    bridge = ASGIBridge(create_app(lambda: (True, ""), webhook=receiver.handle))
+    bridge = serve(create_app(lambda: (True, ""), webhook=receiver.handle))
     daemon = httpx.Client(transport=bridge, base_url="http://im")
     im.transport_for = transport_for
     db = open_database(im.db_path)

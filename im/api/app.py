@@ -33,11 +33,8 @@ def create_api(db_path: Path, clock: Clock, transport_for: TransportFor | None =
         # The interactive pages load their scripts from a CDN; the document is enough.
         docs_url=None,
         redoc_url=None,
-        responses={
-            401: {"description": "No token, or an unknown or revoked one"},
-            403: {"description": "The policy denies the caller this action (with its reason)"},
-            503: {"description": "Busy (see Retry-After) or unavailable"},
-        },
+        # what any route may answer; routes add 400, 404 and 409 where they can happen
+        responses=errors.declared(401, 403, 413, 422, 503),
     )
     api.state.im = ApiSettings(db_path, clock, transport_for)
     authenticated = [Depends(principal)]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from im.api.deps import Caller, Db, Now
+from im.api.errors import declared
 from im.api.models import Body
 from im.config import integrations as config
 from im.sync import conflicts
@@ -45,7 +46,7 @@ def _out(view: dict[str, Any]) -> ConflictOut:
     return ConflictOut(**view)
 
 
-@router.get("", summary="List conflicts (pending ones by default)")
+@router.get("", responses=declared(404), summary="List conflicts (pending ones by default)")
 def list_conflicts(
     db: Db,
     caller: Caller,
@@ -60,13 +61,13 @@ def list_conflicts(
     return [_out(v) for v in found if v["integration"] in visible]
 
 
-@router.get("/{ref}", summary="A conflict: both values, times and actors")
+@router.get("/{ref}", responses=declared(404), summary="A conflict: both values, times and actors")
 def get_conflict(db: Db, caller: Caller, ref: Ref) -> ConflictOut:
     caller.require("conflict.show", conflict=ref)
     return _out(conflicts.view(conflicts.get(db, ref)))
 
 
-@router.post("/{ref}/resolve", summary="Resolve a pending conflict")
+@router.post("/{ref}/resolve", responses=declared(404, 409), summary="Resolve a pending conflict")
 def resolve_conflict(db: Db, clock: Now, caller: Caller, ref: Ref, body: Resolution) -> ConflictOut:
     """``platform`` or ``external``: that value wins on both sides; ``ignore`` keeps both
     sides as they are. A conflict that is not pending answers 409."""

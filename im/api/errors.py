@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from im.access import ForbiddenError
+from im.api.models import ErrorOut
 from im.errors import (
     DatabaseBusyError,
     DatabaseError,
@@ -59,6 +60,24 @@ _HTTP_CODES = {
     413: "too_large",
     429: "rate_limited",
 }
+
+
+# what each error status means, for the OpenAPI document (every one has the ErrorOut shape)
+MEANING = {
+    400: "The request cannot be done as given (e.g. an update that changes nothing)",
+    401: "No token, or an unknown or revoked one",
+    403: "The policy denies the caller this action (with its reason)",
+    404: "No such incident, integration, conflict or DLQ entry (the message says what exists)",
+    409: "The current state does not allow it (e.g. a forbidden status move)",
+    413: "The request body is larger than 1 MiB",
+    422: "A bad value, an unknown key or malformed JSON (one line per problem)",
+    503: "Busy (see Retry-After) or unavailable",
+}
+
+
+def declared(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, with the one error shape."""
+    return {status: {"model": ErrorOut, "description": MEANING[status]} for status in statuses}
 
 
 def error_response(
@@ -130,6 +149,10 @@ def _problem(error: Any) -> str:
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own answers: an unknown path, a method the path does not have."""
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+        # FastAPI's answer to a JSON body json.loads cannot read at all (not UTF-8, nested too
+        # deep): malformed JSON, as any other
+        return error_response(422, "invalid", "the request body is not valid JSON")
     code = _HTTP_CODES.get(exc.status_code, "error")
     message = str(exc.detail)
     if exc.status_code == 404:

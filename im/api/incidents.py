@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from im import incidents
 from im.api.deps import Caller, Db, Now
+from im.api.errors import declared
 from im.api.models import (
     ChangeOut,
     CommentCreate,
@@ -67,7 +68,11 @@ def create_incident(db: Db, clock: Now, caller: Caller, body: IncidentCreate) ->
     return _change(incidents.create(db, clock, caller.principal, body.given()))
 
 
-@router.get("/{incident_id}", summary="An incident with its journal, links and queued changes")
+@router.get(
+    "/{incident_id}",
+    responses=declared(404),
+    summary="An incident with its journal, links and queued changes",
+)
 def show_incident(db: Db, caller: Caller, incident_id: IncidentId) -> IncidentDetailsOut:
     caller.require("incident.show", incident=incident_id)
     details = incidents.details(db, incident_id)
@@ -91,7 +96,9 @@ def show_incident(db: Db, caller: Caller, incident_id: IncidentId) -> IncidentDe
     )
 
 
-@router.patch("/{incident_id}", summary="Change fields of an incident")
+@router.patch(
+    "/{incident_id}", responses=declared(400, 404, 409), summary="Change fields of an incident"
+)
 def update_incident(
     db: Db, clock: Now, caller: Caller, incident_id: IncidentId, body: IncidentUpdate
 ) -> ChangeOut:
@@ -100,7 +107,12 @@ def update_incident(
     return _change(incidents.update(db, clock, caller.principal, incident_id, body.given()))
 
 
-@router.post("/{incident_id}/comments", status_code=201, summary="Add a comment or a work note")
+@router.post(
+    "/{incident_id}/comments",
+    status_code=201,
+    responses=declared(404),
+    summary="Add a comment or a work note",
+)
 def comment_incident(
     db: Db, clock: Now, caller: Caller, incident_id: IncidentId, body: CommentCreate
 ) -> ChangeOut:
@@ -109,7 +121,11 @@ def comment_incident(
     return _change(incidents.comment(db, clock, caller.principal, incident_id, kind, body.text))
 
 
-@router.get("/{incident_id}/history", summary="The incident's sync timeline across systems")
+@router.get(
+    "/{incident_id}/history",
+    responses=declared(404),
+    summary="The incident's sync timeline across systems",
+)
 def incident_history(db: Db, caller: Caller, incident_id: IncidentId) -> list[TimelineEntryOut]:
     """Field changes and journal entries with their origin and where each was sent and
     acknowledged, conflicts and their resolution, webhook deliveries: as `im incident history

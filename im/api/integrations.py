@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from im.api.deps import Caller, Db, Now, Transports
+from im.api.errors import declared
 from im.api.models import (
     CheckOut,
     CheckReportOut,
@@ -53,13 +54,19 @@ def list_integrations(db: Db, clock: Now, caller: Caller) -> list[IntegrationOut
     ]
 
 
-@router.get("/{ref}", summary="An integration's settings; secrets only as set / not set")
+@router.get(
+    "/{ref}",
+    responses=declared(404),
+    summary="An integration's settings; secrets only as set / not set",
+)
 def get_integration(db: Db, clock: Now, caller: Caller, ref: Ref) -> IntegrationOut:
     caller.require("integration.get", integration=ref)
     return IntegrationOut(**config.view(db, config.find(db, ref), clock.now()))
 
 
-@router.patch("/{ref}", summary="Change an integration's settings (no secrets)")
+@router.patch(
+    "/{ref}", responses=declared(400, 404), summary="Change an integration's settings (no secrets)"
+)
 def configure_integration(
     db: Db, clock: Now, caller: Caller, ref: Ref, body: IntegrationUpdate
 ) -> ConfigureOut:
@@ -74,13 +81,19 @@ def configure_integration(
     )
 
 
-@router.get("/{ref}/field-ownership", summary="Every synced field with its owner")
+@router.get(
+    "/{ref}/field-ownership", responses=declared(404), summary="Every synced field with its owner"
+)
 def list_field_ownership(db: Db, caller: Caller, ref: Ref) -> list[OwnershipOut]:
     caller.require("field-ownership.list", integration=ref)
     return [OwnershipOut(**rule) for rule in fields.list_ownership(db, ref)]
 
 
-@router.put("/{ref}/field-ownership/{field}", summary="Make one side authoritative for a field")
+@router.put(
+    "/{ref}/field-ownership/{field}",
+    responses=declared(404),
+    summary="Make one side authoritative for a field",
+)
 def set_field_ownership(
     db: Db, caller: Caller, ref: Ref, field: FieldName, body: OwnershipSet
 ) -> OwnershipRuleOut:
@@ -94,7 +107,11 @@ def set_field_ownership(
     )
 
 
-@router.delete("/{ref}/field-ownership/{field}", summary="Remove the rule for a field")
+@router.delete(
+    "/{ref}/field-ownership/{field}",
+    responses=declared(404, 409),
+    summary="Remove the rule for a field",
+)
 def unset_field_ownership(db: Db, caller: Caller, ref: Ref, field: FieldName) -> OwnershipRuleOut:
     """Changes then flow both ways and conflicts decide. A field without a rule is a 409."""
     caller.require("field-ownership.unset", integration=ref)
@@ -104,7 +121,11 @@ def unset_field_ownership(db: Db, caller: Caller, ref: Ref, field: FieldName) ->
     )
 
 
-@router.post("/{ref}/test", summary="Check the connection against the external system")
+@router.post(
+    "/{ref}/test",
+    responses=declared(404),
+    summary="Check the connection against the external system",
+)
 def test_integration(db: Db, caller: Caller, ref: Ref) -> CheckReportOut:
     """Reachability, TLS, credentials, permissions and scope. A failed check is ``ok:
     false`` in a 200 answer: the test itself ran."""
@@ -122,20 +143,30 @@ def test_integration(db: Db, caller: Caller, ref: Ref) -> CheckReportOut:
     )
 
 
-@router.get("/{ref}/sync-status", summary="Health with every reason, backlog, DLQ, counters")
+@router.get(
+    "/{ref}/sync-status",
+    responses=declared(404),
+    summary="Health with every reason, backlog, DLQ, counters",
+)
 def sync_status(db: Db, clock: Now, caller: Caller, ref: Ref) -> SyncStatusOut:
     """A report: 200 whatever the health (``healthy``, ``degraded`` or ``failing``)."""
     caller.require("integration.sync-status", integration=ref)
     return SyncStatusOut(**status.read(db, clock, ref).as_json())
 
 
-@router.get("/{ref}/dlq", summary="The dead letter queue, with every attempt")
+@router.get(
+    "/{ref}/dlq", responses=declared(404), summary="The dead letter queue, with every attempt"
+)
 def list_dlq(db: Db, caller: Caller, ref: Ref) -> list[DeadEntryOut]:
     caller.require("dlq.list", integration=ref)
     return [DeadEntryOut(**asdict(e)) for e in retry.dead_entries(db, config.find(db, ref))]
 
 
-@router.post("/{ref}/dlq/{entry}/retry", summary="Send a DLQ entry again, with current values")
+@router.post(
+    "/{ref}/dlq/{entry}/retry",
+    responses=declared(404),
+    summary="Send a DLQ entry again, with current values",
+)
 def retry_dlq_entry(
     db: Db, clock: Now, caller: Caller, ref: Ref, entry: Entry
 ) -> DeadEntryActionOut:
@@ -144,7 +175,11 @@ def retry_dlq_entry(
     return DeadEntryActionOut(entry=done, action="retried")
 
 
-@router.post("/{ref}/dlq/{entry}/discard", summary="Drop a DLQ entry without sending it")
+@router.post(
+    "/{ref}/dlq/{entry}/discard",
+    responses=declared(404),
+    summary="Drop a DLQ entry without sending it",
+)
 def discard_dlq_entry(
     db: Db, clock: Now, caller: Caller, ref: Ref, entry: Entry
 ) -> DeadEntryActionOut:
@@ -153,7 +188,9 @@ def discard_dlq_entry(
     return DeadEntryActionOut(entry=done, action="discarded")
 
 
-@router.post("/{ref}/reconcile", summary="Reconcile now: find (and heal) drift")
+@router.post(
+    "/{ref}/reconcile", responses=declared(404, 409), summary="Reconcile now: find (and heal) drift"
+)
 def run_reconcile(
     db: Db, clock: Now, caller: Caller, transport_for: Transports, ref: Ref, body: ReconcileRun
 ) -> ReconcileReportOut:
@@ -169,20 +206,30 @@ def run_reconcile(
     return ReconcileReportOut(**report.as_json())
 
 
-@router.get("/{ref}/reconcile/history", summary="Reconcile runs, newest first")
+@router.get(
+    "/{ref}/reconcile/history", responses=declared(404), summary="Reconcile runs, newest first"
+)
 def reconcile_history(db: Db, caller: Caller, ref: Ref, limit: int = 20) -> list[ReconcileRunOut]:
     caller.require("reconcile.history", integration=ref)
     limit = max(1, min(limit, 10000))
     return [ReconcileRunOut(**row) for row in reconcile.history(db, config.find(db, ref), limit)]
 
 
-@router.get("/{ref}/reconcile/schedule", summary="The reconcile schedule and its next run")
+@router.get(
+    "/{ref}/reconcile/schedule",
+    responses=declared(404),
+    summary="The reconcile schedule and its next run",
+)
 def get_schedule(db: Db, caller: Caller, ref: Ref) -> ScheduleOut:
     caller.require("reconcile.schedule.show", integration=ref)
     return ScheduleOut(**schedules.get(db, config.find(db, ref)))
 
 
-@router.post("/{ref}/reconcile/schedule", summary="Create or change the reconcile schedule")
+@router.post(
+    "/{ref}/reconcile/schedule",
+    responses=declared(400, 404),
+    summary="Create or change the reconcile schedule",
+)
 def set_schedule(db: Db, clock: Now, caller: Caller, ref: Ref, body: ScheduleSet) -> ScheduleOut:
     """Only the keys given change; ``interval`` is required for a new schedule. The daemon
     starts a new or changed schedule's first run within seconds, then one every interval."""

@@ -6,19 +6,32 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from im.model import ConflictStrategy, Direction, Incident, Owner, Priority, Severity, Status
 
 
 class Body(BaseModel):
-    """A request body: an unknown key is an error rather than silently ignored."""
+    """A request body: an unknown key is an error rather than silently ignored, and numbers
+    and booleans must be JSON numbers and booleans (``true`` is not a priority of 1, nor
+    ``"no"`` false): their fields are Strict*."""
 
     model_config = ConfigDict(extra="forbid")
 
     def given(self) -> dict[str, Any]:
         """The fields the caller set to a value (null means "leave as it is")."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+class ErrorDetailOut(BaseModel):
+    code: str = Field(description="not_found, invalid, forbidden, busy, ...")
+    message: str = Field(description="The problem and how to fix it; never a secret.")
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetailOut
 
 
 # -- incidents -------------------------------------------------------------------------------
@@ -48,7 +61,7 @@ class IncidentUpdate(IncidentFields):
 
 class CommentCreate(Body):
     text: str = Field(description="The entry's text.")
-    work_note: bool = Field(False, description="An internal work note instead of a comment.")
+    work_note: StrictBool = Field(False, description="An internal work note instead of a comment.")
 
 
 class IncidentOut(BaseModel):
@@ -195,12 +208,12 @@ class IntegrationUpdate(Body):
 
     direction: Direction | None = None
     conflict_strategy: ConflictStrategy | None = None
-    conflict_window: str | float | None = Field(
+    conflict_window: StrictStr | StrictFloat | None = Field(
         None, description="Edits this close together conflict: 5s, 500ms, 1m (or seconds)."
     )
     rate_limit: str | None = Field(None, description="Client-side pacing: N/s, N/m or off.")
-    rate_limit_backoff: bool | None = Field(None, description="Honour 429 and Retry-After.")
-    enabled: bool | None = Field(None, description="A disabled integration syncs nothing.")
+    rate_limit_backoff: StrictBool | None = Field(None, description="Honour 429 and Retry-After.")
+    enabled: StrictBool | None = Field(None, description="A disabled integration syncs nothing.")
 
     def given(self) -> dict[str, Any]:
         values = super().given()
@@ -225,7 +238,7 @@ class OwnershipOut(BaseModel):
 
 class OwnershipSet(Body):
     owner: Owner
-    priority: int = Field(0, description="A larger number wins between integrations.")
+    priority: StrictInt = Field(0, description="A larger number wins between integrations.")
 
 
 class OwnershipRuleOut(BaseModel):
@@ -349,8 +362,10 @@ class SyncStatusOut(BaseModel):
 
 
 class ReconcileRun(Body):
-    auto_heal: bool = Field(False, description="Heal what differs (else a dry run).")
-    recreate_missing: bool = Field(False, description="Re-create external records that are gone.")
+    auto_heal: StrictBool = Field(False, description="Heal what differs (else a dry run).")
+    recreate_missing: StrictBool = Field(
+        False, description="Re-create external records that are gone."
+    )
     backfill: str | None = Field(
         None, description="Also take records created since this date, time or age (30d)."
     )
@@ -403,8 +418,10 @@ class ScheduleSet(Body):
     interval: str | None = Field(
         None, description="30s, 15m, 1h or 1d (at least 30s); required for a new schedule."
     )
-    auto_heal: bool | None = Field(None, description="Scheduled runs heal (else report only).")
-    enabled: bool | None = None
+    auto_heal: StrictBool | None = Field(
+        None, description="Scheduled runs heal (else report only)."
+    )
+    enabled: StrictBool | None = None
 
 
 class ScheduleOut(BaseModel):

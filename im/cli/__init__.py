@@ -50,6 +50,7 @@ class ImGroup(click.Group):
     ) -> Any:
         code: int = ExitCode.OK
         try:
+            _check_utf8(sys.argv[1:] if args is None else args)
             result = super().main(
                 args, prog_name or "im", complete_var, standalone_mode=False, **extra
             )
@@ -92,6 +93,16 @@ class ImGroup(click.Group):
         if standalone_mode:
             sys.exit(int(code))
         return int(code)
+
+
+def _check_utf8(args: Sequence[str]) -> None:
+    """An argument that is not UTF-8 (bytes the locale could not decode) would fail deep
+    down, where a database query or a request encodes it: refuse it first, as a usage error."""
+    for number, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise click.UsageError(f"argument {number} is not valid UTF-8 text") from None
 
 
 def _outcome(exc: BaseException) -> str:

@@ -52,12 +52,15 @@ def connector_config(
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], None] | None = None,
     timeout: float | None = None,
+    concurrency: int | None = None,
 ) -> ConnectorConfig:
     status = rows.secret_status(db, integration["id"])
     opened = {name: value for name in status if (value := secret(db, integration, name))}
     extra: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
     if timeout is not None:
         extra["timeout"] = timeout
+    if concurrency is not None:
+        extra["concurrency"] = concurrency
     return ConnectorConfig(
         name=integration["name"],
         url=integration["url"],
@@ -79,10 +82,13 @@ def open_connector(
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], None] | None = None,
     timeout: float | None = None,
+    concurrency: int | None = None,
 ) -> Connector:
     """The integration's connector (no network call yet). Raises SecretError when the master
     key does not open its secrets."""
-    config = connector_config(db, integration, transport=transport, sleep=sleep, timeout=timeout)
+    config = connector_config(
+        db, integration, transport=transport, sleep=sleep, timeout=timeout, concurrency=concurrency
+    )
     return connect(integration["type"], config)
 
 
@@ -177,7 +183,9 @@ TransportFor = Callable[[Mapping[str, Any]], "httpx.BaseTransport | None"]
 
 class ConnectorCache:
     """One connector per integration, rebuilt when the integration changes (new settings or
-    credentials). ``get`` reads the database: call it from the thread that owns ``db``."""
+    credentials). ``get`` reads the database: call it from the thread that owns ``db``.
+    ``concurrency`` 1 keeps every request on the calling thread, in a fixed order (the
+    deterministic simulation); None: the connectors' default."""
 
     def __init__(
         self,
@@ -185,10 +193,12 @@ class ConnectorCache:
         *,
         transport_for: TransportFor | None = None,
         sleep: Callable[[float], None] | None = None,
+        concurrency: int | None = None,
     ) -> None:
         self._db = db
         self._transport_for = transport_for
         self._sleep = sleep
+        self._concurrency = concurrency
         self._connectors: dict[int, tuple[str, Connector]] = {}
 
     def get(self, integration: Mapping[str, Any]) -> Connector:
@@ -198,7 +208,10 @@ class ConnectorCache:
         if cached is not None:
             cached[1].close()
         transport = self._transport_for(integration) if self._transport_for else None
-        connector = open_connector(self._db, integration, transport=transport, sleep=self._sleep)
+        connector = open_connector(
+            self._db, integration, transport=transport, sleep=self._sleep,
+            concurrency=self._concurrency,
+        )  # fmt: skip
         self._connectors[integration["id"]] = (integration["updated_at"], connector)
         return connector
 

@@ -145,6 +145,9 @@ class Connector(Protocol):
     # capabilities
     updates_description: bool  # PagerDuty cannot change an incident's description
     journals: frozenset[str]  # which journal fields the vendor has
+    # fields a create writes after the request that makes the record (a crash or a lost
+    # answer can leave them undone); the others can only differ later by someone's edit
+    create_steps: frozenset[str]
 
     def create(self, values: Mapping[str, str], correlation_key: str) -> ExternalRecord:
         """Create the external record with every given mapped field. The correlation key is

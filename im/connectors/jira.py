@@ -311,6 +311,7 @@ class JiraConnector:
     kind = TYPE
     updates_description = True
     journals = frozenset({"work_notes", "comments"})
+    create_steps = frozenset({"assigned_to", "status"})  # an assignee call, then transitions
 
     def __init__(self, config: ConnectorConfig) -> None:
         self._config = config

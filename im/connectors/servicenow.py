@@ -244,6 +244,7 @@ class ServiceNowConnector:
     kind = TYPE
     updates_description = True
     journals = frozenset({"work_notes", "comments"})
+    create_steps: frozenset[str] = frozenset()  # one POST writes every field
 
     def __init__(self, config: ConnectorConfig) -> None:
         self._config = config

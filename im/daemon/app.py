@@ -7,10 +7,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
+
+from im.api.errors import http_error
 
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -48,4 +51,10 @@ def create_app(
         routes.append(Mount("/api/v1", app=api))
     if metrics is not None:
         routes.append(Route("/metrics", metrics, methods=["GET"]))
-    return Starlette(routes=routes, lifespan=lifespan or no_lifespan)
+    # an unknown path (also one no route pattern takes, e.g. an id with a newline under
+    # /api/v1) or method answers in the API's one error shape, not Starlette's plain text
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan or no_lifespan,
+        exception_handlers={HTTPException: http_error},
+    )

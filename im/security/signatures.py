@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -226,6 +227,18 @@ def jwt_from_request(headers: Mapping[str, str], query: str) -> str | None:
     return None
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def json_body(body: bytes) -> object:
-    """Decode a verified body; raises ValueError for anything but UTF-8 JSON."""
-    return json.loads(body.decode("utf-8"))
+    """Decode a verified body; raises ValueError for anything but UTF-8 JSON: also for JSON
+    nested deeper than the parser can go, and for a lone surrogate escape (``"\\ud800"``),
+    which is no Unicode text and no database can store."""
+    text = body.decode("utf-8")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deep") from None
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then the full check
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError: a ValueError
+    return value

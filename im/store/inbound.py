@@ -90,6 +90,42 @@ def push(
     )
 
 
+def withdraw(db: Database, integration_id: int, incident_id: int, field: str, value: str) -> None:
+    """Take back the newest outstanding push of exactly this value: it was recorded before
+    the send (crash safety) and the send then kept the field back, so nothing will echo."""
+    db.execute(
+        "DELETE FROM pushes WHERE id = (SELECT id FROM pushes WHERE integration_id = ? "
+        "AND incident_id = ? AND field = ? AND value = ? AND acked_at IS NULL "
+        "ORDER BY id DESC LIMIT 1)",
+        [integration_id, incident_id, field, value],
+    )
+
+
+def outstanding(db: Database, integration_id: int, incident_id: int, field: str) -> bool:
+    """Whether a push of the field to the pair's record still waits for its echo."""
+    row = db.execute(
+        "SELECT 1 FROM pushes WHERE integration_id = ? AND incident_id = ? AND field = ? "
+        "AND acked_at IS NULL LIMIT 1",
+        [integration_id, incident_id, field],
+    ).fetchone()
+    return row is not None
+
+
+def pushed_since(
+    db: Database, integration_id: int, incident_id: int, since: str
+) -> dict[str, set[str]]:
+    """The values we wrote, or may have written, to the pair's record since ``since``: per
+    field, echoed or not."""
+    found: dict[str, set[str]] = {}
+    for name, value in db.execute(
+        "SELECT field, value FROM pushes WHERE integration_id = ? AND incident_id = ? "
+        "AND sent_at >= ?",
+        [integration_id, incident_id, since],
+    ).fetchall():
+        found.setdefault(name, set()).add(value)
+    return found
+
+
 def acknowledge(
     db: Database, integration_id: int, incident_id: int, field: str, value: str, at: str
 ) -> bool:

@@ -17,6 +17,8 @@ from im.store.db import insert_row
 from im.store.integrations import CREDENTIAL_SECRETS
 
 LIVE_STATES = ("pending", "in_flight", "in_doubt")
+# what reap() writes in the attempt log of a row whose send a dead dispatcher left unfinished
+STOPPED_WHILE_SENDING = "the dispatcher stopped while sending"
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
@@ -131,10 +133,10 @@ def reap(db: Database, now: str, every: bool = False) -> int:
         "THEN 'in_doubt' ELSE 'pending' END, "
         "attempt_log = CASE WHEN sending_since IS NULL THEN attempt_log ELSE "
         "json_insert(attempt_log, '$[#]', json_object('at', :now, 'error', "
-        "'the dispatcher stopped while sending', 'charged', json('false'))) END, "
+        ":stopped, 'charged', json('false'))) END, "
         "lease_until = NULL, lease_owner = NULL, sending_since = NULL, updated_at = :now "
         "WHERE state = 'in_flight' AND (:every OR lease_until < :now)",
-        {"now": now, "every": every},
+        {"now": now, "every": every, "stopped": STOPPED_WHILE_SENDING},
     )
     return cursor.rowcount
 

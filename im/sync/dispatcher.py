@@ -81,6 +81,12 @@ class Job:
 
     # an earlier create of the pair failed or was in doubt: it may exist already
     earlier_create: bool = False
+    # values this row's earlier attempts wrote or may have written, per field (pushes are
+    # recorded before the send: a daemon killed mid-send never learnt the outcome)
+    ours: dict[str, set[str]] = field(default_factory=dict)
+    # an earlier attempt was cut short by a dead dispatcher: the record may also show a state
+    # on the way to one of those values (a path of Jira transitions), which is ours too
+    cut_short: bool = False
 
     @property
     def retrying(self) -> bool:
@@ -268,6 +274,14 @@ class Dispatcher:
                 snapshots.vendor_ids(self.db, integration["id"], incident.id) if journal else set()
             ),
             earlier_create=link is None and rows.had_create(self.db, row),
+            ours=(
+                inbound_rows.pushed_since(
+                    self.db, integration["id"], incident.id, row["created_at"]
+                )
+                if row["attempt_log"] != "[]"
+                else {}
+            ),
+            cut_short=rows.STOPPED_WHILE_SENDING in row["attempt_log"],
         )
 
     # -- 2. send -----------------------------------------------------------------------------
@@ -284,12 +298,28 @@ class Dispatcher:
             else:
                 with self._record_lock, write(self.db):
                     rows.sending(self.db, job.row["id"], format_time(self.clock.now()))
+                    self._write_ahead(job)
                 result = self._send(job)
             with self._record_lock:  # one transaction at a time on the shared connection
                 self._record(result)
             results.append(result)
             paused = paused or isinstance(result.error, RateLimitedError | AuthError)
         return results
+
+    def _write_ahead(self, job: Job) -> None:
+        """Crash safety: record the values this send may write as our pushes before the
+        request leaves, in the transaction that marks the send begun. A daemon killed after
+        the vendor applied the write but before ``_record`` leaves them behind, so the write's
+        echo is still known as ours (never applied as someone's change over a newer platform
+        value), and the row's next attempt does not take it for a concurrent edit (Job.ours).
+        ``_record`` withdraws the ones the send kept back."""
+        connector = self._cached_connector(job.integration)
+        stamp = format_time(self.clock.now())
+        for name, value in job.fields.items():
+            normalised = connector.normalise(name, value)
+            inbound_rows.push(
+                self.db, job.integration["id"], job.incident.id, name, normalised, stamp
+            )
 
     def _connector(self, integration: Mapping[str, Any]) -> Connector:
         """Reads the database: call it from the claiming thread only."""
@@ -329,14 +359,23 @@ class Dispatcher:
         return result
 
     def _send_fields(self, connector: Connector, job: Job, result: Result) -> str:
-        if job.creating:
-            record = None
-            if job.retrying:
-                record = connector.find_by_correlation(job.row["correlation_key"])
-            if record is None:
-                record = connector.create(job.fields, job.row["correlation_key"])
+        if job.creating or job.row["operation"] == "create":
+            key = job.row["correlation_key"]
+            if job.external_id is not None:
+                # our create, linked meanwhile (its own webhook or a reconcile found the
+                # record before this retry did): finished like a found one, never judged
+                # against snapshots the create never made (found by tests/test_simulation.py)
+                record = self._complete(connector, job, result, connector.get(job.external_id))
+            elif job.retrying and (found := connector.find_by_correlation(key)) is not None:
+                record = self._complete(connector, job, result, found)
+            else:
+                record = connector.create(job.fields, key)
             result.record = record
-            result.sent = {f: connector.normalise(f, v) for f, v in job.fields.items()}
+            result.sent = {
+                f: connector.normalise(f, v)
+                for f, v in job.fields.items()
+                if f not in result.kept_external
+            }
             return record.id
         external_id = job.external_id
         assert external_id is not None
@@ -353,11 +392,22 @@ class Dispatcher:
             ours = connector.normalise(name, value)
             theirs = current.fields.get(name)
             snapshot = job.snapshots.get(name)
+            # never synced: agreed on empty (the record was made without it), so a person's
+            # value there is an edit, not something to overwrite blindly
+            agreed = snapshot.value if snapshot is not None else ""
             concurrent = (
-                snapshot is not None
-                and theirs is not None
-                and theirs != snapshot.value
+                theirs is not None
+                and theirs != agreed
                 and theirs != ours
+                # our own earlier write (cut short by a crash: maybe a state on its way
+                # there) is not someone's edit: this attempt finishes it. Only a status is
+                # written through states on the way (Jira's transitions); any other field
+                # holds our value or its old one, so another value there is a person's
+                # (found by tests/test_simulation.py)
+                and not (
+                    name in job.ours
+                    and ((job.cut_short and name == "status") or theirs in job.ours[name])
+                )
             )
             if concurrent and bidirectional:
                 result.kept_external[name] = theirs or ""
@@ -372,6 +422,34 @@ class Dispatcher:
             result.record = connector.update(external_id, changes)
             result.sent.update({f: connector.normalise(f, v) for f, v in changes.items()})
         return external_id
+
+    def _complete(
+        self, connector: Connector, job: Job, result: Result, record: ExternalRecord
+    ) -> ExternalRecord:
+        """Finish our own record that an earlier attempt created (found by its key, or
+        linked meanwhile). That attempt may have died before finishing (Jira's assignee and
+        transitions, PagerDuty's status follow the POST), or sent values the platform has
+        changed since. What the record lacks is sent now, or nothing else would send it
+        (found by benchmarks/crash_soak.py): it is our new record, with no snapshot to tell
+        a person's edit from a step that never happened.
+
+        A field the POST itself wrote cannot be a step left undone, though: unless it holds
+        a value of ours (an earlier attempt's), a person changed it since (found by
+        tests/test_simulation.py), a concurrent edit like any other, left in place for its
+        event or reconciliation to decide (SPEC §4, §6)."""
+        missing = {}
+        for name, value in job.fields.items():
+            theirs = record.fields.get(name)
+            if theirs is None or theirs == connector.normalise(name, value):
+                continue
+            if name == "description" and not connector.updates_description:
+                continue
+            if name not in connector.create_steps and theirs not in job.ours.get(name, ()):
+                result.kept_external[name] = theirs
+                result.kept_seen_at = record.updated_at
+                continue
+            missing[name] = value
+        return connector.update(record.id, missing) if missing else record
 
     def _send_journal(
         self, connector: Connector, job: Job, result: Result, external_id: str
@@ -417,8 +495,18 @@ class Dispatcher:
                     result.record.key,
                     stamp,
                 )
-            for name, value in result.sent.items():
-                inbound_rows.push(self.db, integration_id, job.incident.id, name, value, stamp)
+            # the pushes were recorded before the send (_write_ahead): take back those that
+            # were not written: fields the send kept back and, when the vendor refused the
+            # write (an answer, not a timeout or a lost connection), fields it did not send
+            unwritten = set(result.kept_external)
+            error = result.error
+            if error is not None and not (
+                error.retryable and not isinstance(error, RateLimitedError)
+            ):
+                unwritten |= set(job.fields) - set(result.sent)
+            for name in sorted(unwritten):
+                value = self._cached_connector(job.integration).normalise(name, job.fields[name])
+                inbound_rows.withdraw(self.db, integration_id, job.incident.id, name, value)
             if result.record is not None:
                 # Only what the read-back shows as sent becomes the snapshot, at that version:
                 # a person's edit that landed between our write and the read keeps the old

@@ -56,8 +56,11 @@ def adopt(
             pass  # a record closed without being resolved stays triggered here
     stamp = format_time(clock.now())
     links.create(db, incident_id, integration["id"], external_id, external_key, stamp)
-    current = incidents.get(db, incident_id)
-    synced = {k: current.value(k) for k in values if k not in JOURNAL_FIELDS}
+    # The snapshot is what the record holds, not what the platform made of it: a value the
+    # platform could not take as it is (PagerDuty's "no priority" became p3) is then the
+    # platform's change, pushed by reconciliation, rather than an external change it
+    # refuses on every run.
+    synced = {k: v for k, v in values.items() if k not in JOURNAL_FIELDS}
     snapshots.put(db, integration["id"], incident_id, synced, version, stamp)
     for entry in journal:
         append_entry(db, clock, integration, incident_id, entry)

@@ -38,6 +38,7 @@ from im.model import (
     check_transition,
     incident_display_id,
 )
+from im.security.signatures import json_body
 from im.store import conflicts as conflict_rows
 from im.store import dead_letters, links, meta, snapshots, sync_state
 from im.store import inbound as rows
@@ -104,8 +105,8 @@ def receive(
             )
         connector.verify_webhook(request, secrets, now)
         try:
-            problem = connector.malformed(json.loads(request.body.decode("utf-8")))
-        except (ValueError, UnicodeDecodeError):
+            problem = connector.malformed(json_body(request.body))
+        except ValueError:  # also not UTF-8, nested too deep, a lone surrogate
             problem = "the body is not UTF-8 JSON"
     except SignatureError as exc:
         _refused(db, integration_id, stamp, f"{NOT_AUTHENTIC}: {exc.message}")
@@ -236,7 +237,8 @@ class Applier:
                 outcome = Outcome("duplicate", notes=["this delivery was already received"])
             else:
                 try:
-                    outcome = self._apply(integration, connector, event, record)
+                    with write(self.db):  # a savepoint: a failed event leaves nothing behind
+                        outcome = self._apply(integration, connector, event, record)
                 except (StateError, ValidationError) as exc:
                     outcome = Outcome("failed", notes=[exc.message])
             self._settle(stored, integration, outcome, event)
@@ -281,9 +283,13 @@ class Applier:
             return None
         return connector.get(event.external_id)
 
-    def _ours(self, event: WebhookEvent) -> int | None:
-        """The incident number when the event's correlation key is this install's."""
-        return outbound.keyed_incident(event.correlation_key, meta.get(self.db, "install_id"))
+    def _ours(self, event: WebhookEvent, record: ExternalRecord | None = None) -> int | None:
+        """The incident number when the event's correlation key is this install's. An event
+        that does not carry the key (a Jira comment, a PagerDuty note) is judged by the key
+        of the record it is about, read before the transaction: a comment on our own record
+        whose create's answer was lost must link it, never make a second incident of it."""
+        key = event.correlation_key or (record.correlation_key if record is not None else None)
+        return outbound.keyed_incident(key, meta.get(self.db, "install_id"))
 
     def _retry_later(
         self, stored: dict[str, Any], integration: Mapping[str, Any], error: ImError
@@ -373,7 +379,7 @@ class Applier:
         link = links.by_external(self.db, integration["id"], event.external_id)
         stamp = format_time(self.clock.now())
         if link is None:
-            ours = self._ours(event)
+            ours = self._ours(event, record)
             if ours is not None and incident_rows.get(self.db, ours) is not None:
                 # our own create, announced before its link committed
                 links.create(
@@ -461,6 +467,15 @@ class Applier:
                 if event.by_self:
                     echoed = True
                 continue
+            if event.by_self and rows.outstanding(self.db, integration["id"], incident_id, name):
+                # Our own write caught half done: a create made of several requests (Jira's
+                # transitions, PagerDuty's status after the POST) or a path of transitions
+                # announces the states it passes through, which match no push. Applied, they
+                # would roll the platform back to where the write started (found by
+                # benchmarks/crash_soak.py). Pushes are recorded before the send, so one is
+                # outstanding while the write is on its way; its final state acknowledges it.
+                echoed = True
+                continue
             held = conflict_rows.pending_for(self.db, incident_id, integration["id"], name)
             if held is not None:  # a later edit of a field in review joins its conflict
                 conflict_rows.update(
@@ -476,15 +491,18 @@ class Applier:
                 )
                 outcome.notes.append(f"{name}: held by conflict-{held['id']}")
                 continue
-            if snapshot is not None and value == snapshot.value:
+            # A field never synced with the record was agreed on empty: the record was made
+            # without it, as reconciliation reads it (SPEC §7). So the value a create left
+            # there (Jira's empty description) is no change, and the platform's value set
+            # since, still on its way, meets a person's edit as a concurrent change.
+            agreed = snapshot.value if snapshot is not None else ""
+            if value == agreed:
                 continue  # unchanged there: the event only repeats it
             concurrent = (
                 direction is Direction.BIDIRECTIONAL
-                and snapshot is not None
-                and connector.normalise(name, incident.value(name)) != snapshot.value
+                and connector.normalise(name, incident.value(name)) != agreed
             )
             if concurrent:
-                assert snapshot is not None
                 winner = self._conflict(integration, incident_id, name, value, event, outcome)
                 if winner != conflicts.EXTERNAL:
                     continue
@@ -500,6 +518,11 @@ class Applier:
                     check_transition(incident.status, value)
                 except StateError as exc:
                     outcome.notes.append(f"status: {exc.message}")
+                    # seen and refused: the platform's next status change has seen it, so it
+                    # is not a concurrent one (left waiting for an event that already came)
+                    snapshots.put(
+                        self.db, integration["id"], incident_id, {name: value}, event.version, stamp
+                    )
                     continue
             apply[name] = value
         source = f"external:{integration['name']}"

@@ -182,10 +182,12 @@ def run(
     sleep: Callable[[float], None] | None = None,
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
+    concurrency: int | None = None,
 ) -> Report:
     """One reconcile run of ``integration``, recorded in its history. Raises
     InProgressError when another run of it holds the lock; a run that fails after starting
-    is recorded and returned with ``failed`` set."""
+    is recorded and returned with ``failed`` set. ``concurrency``: how many reads the
+    connector makes at once (1 in the deterministic simulation; None: its default)."""
     if options.auto_heal and not integration["enabled"]:
         raise StateError(
             f"{integration['name']} is disabled: it sends and applies nothing",
@@ -193,7 +195,9 @@ def run(
         )
     path = lock_path(db, integration["id"])
     if path is None:  # an in-memory database: no other process can share it
-        return _locked_run(db, clock, integration, options, transport_for, sleep, progress, stop)
+        return _locked_run(
+            db, clock, integration, options, transport_for, sleep, progress, stop, concurrency
+        )
 
     def refusal() -> InProgressError:
         other = runs.running(db, integration["id"])
@@ -209,7 +213,9 @@ def run(
         )
 
     with locks.exclusive(path, refusal):
-        return _locked_run(db, clock, integration, options, transport_for, sleep, progress, stop)
+        return _locked_run(
+            db, clock, integration, options, transport_for, sleep, progress, stop, concurrency
+        )
 
 
 def _locked_run(
@@ -221,6 +227,7 @@ def _locked_run(
     sleep: Callable[[float], None] | None,
     progress: Progress | None,
     stop: Callable[[], bool] | None,
+    concurrency: int | None = None,
 ) -> Report:
     stamp = format_time(clock.now())
     with write(db):
@@ -236,7 +243,7 @@ def _locked_run(
             },
         )
     report = Report(integration["name"], f"run-{run_id}", options.mode)
-    cache = ConnectorCache(db, transport_for=transport_for, sleep=sleep)
+    cache = ConnectorCache(db, transport_for=transport_for, sleep=sleep, concurrency=concurrency)
     # a run reads the external system against the platform: inbound (each item's span has
     # the direction of its own action)
     with telemetry.span(
@@ -636,11 +643,16 @@ class Reconciler:
         in_flight = self._in_flight(incident.id)
         found: list[Found] = []
         for name in self.fields:
-            if name not in record.fields or name in in_flight:
-                continue  # not readable there, or already on its way
+            if name not in record.fields:
+                continue  # not readable there
             snapshot = known.get(name)
             platform = self.connector.normalise(name, incident.value(name))
             theirs = record.fields[name]
+            if name in in_flight and (snapshot is None or theirs == snapshot.value):
+                continue  # already on its way, and nothing changed there to meet it
+            # In flight, but changed there too: the send will leave that value in place for
+            # its event (SPEC §4), which may never come (lost, or a change the vendor sends
+            # no event for): decided here, or nothing ever decides it.
             if platform == theirs:
                 continue
             pending = held.get(name)
