@@ -150,13 +150,17 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def start_daemon(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    """`im daemon` on loopback, in its own process, once it is ready."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "im", "daemon", "--port", str(port),
-         "--log-level", "warning", "--log-file", str(log)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    wait_ready(f"http://127.0.0.1:{port}/readyz", process, status=200)
+    """`im daemon` on loopback, in its own process, once it is ready; exits when it does not
+    get there."""
+    from im.sim import world
+
+    args = ["--port", str(port), "--log-level", "warning", "--log-file", str(log)]
+    process = world.start_daemon(args, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        world.wait_ready(process, url)
+    except world.DaemonNotReadyError as exc:
+        raise SystemExit(f"{url}/readyz: {exc}") from None
     return process
 
 

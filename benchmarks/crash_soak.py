@@ -48,13 +48,11 @@ store:
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import logging
 import os
 import random
-import secrets
 import shutil
 import signal
 import sqlite3
@@ -65,7 +63,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +73,6 @@ from starlette.requests import ClientDisconnect
 
 from im import incidents
 from im.clock import SystemClock
-from im.config import integrations as config
 from im.config.connection import open_connector
 from im.config.webhook_secrets import new_secret
 from im.errors import DatabaseBusyError
@@ -84,6 +81,17 @@ from im.sim.jira import JiraSimulator, adf_to_text, text_to_adf
 from im.sim.pagerduty import PagerDutySimulator
 from im.sim.server import free_port, serve_in_thread
 from im.sim.servicenow import ServiceNowSimulator
+from im.sim.world import (
+    SIMULATORS,
+    DaemonNotReadyError,
+    create_integration,
+    environment,
+    isolated_environment,
+    new_master_key,
+    start_daemon,
+    stop_daemon,
+    wait_ready,
+)
 from im.store import initialise, links, meta, open_database
 from im.sync.outbound import correlation_key
 
@@ -91,31 +99,8 @@ PRINCIPAL = "soak"
 KINDS = ("servicenow", "jira", "pagerduty")  # created in this order: ServiceNow is the oldest
 NAMES = {"servicenow": "soak-snow", "jira": "soak-jira", "pagerduty": "soak-pd"}
 JIRA_SEVERITY_FIELD = "customfield_10050"  # the Jira simulator's Severity field
-CONNECTIONS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
-    "servicenow": ({"username": "im-integration"}, {"password": "im-integration"}),
-    "jira": (
-        {
-            "email": "im-integration@example.com",
-            "project": "OPS",
-            "client_key": "im-sim-jira",
-            "severity_field": JIRA_SEVERITY_FIELD,
-        },
-        {"api_token": "im-integration-token"},
-    ),
-    "pagerduty": (
-        {
-            "from_email": "im-integration@example.com",
-            "service": "PSVC001",
-            "escalation_policy": "PEP0001",
-        },
-        {"api_token": "im-integration-token"},
-    ),
-}
-SIMULATORS: dict[str, Callable[..., Simulator]] = {
-    "servicenow": ServiceNowSimulator,
-    "jira": JiraSimulator,
-    "pagerduty": PagerDutySimulator,
-}
+# settings on top of the simulators' default accounts (im.sim.world.CONNECTIONS)
+SETTINGS = {"jira": {"severity_field": JIRA_SEVERITY_FIELD}}
 # Jira and PagerDuty retry a webhook the daemon did not take (it was down): the vendors' own
 # statuses, on this compressed schedule (seconds before each retry) instead of 10 s / 30 s
 # and up. ServiceNow keeps its rule: no retries at all.
@@ -124,8 +109,6 @@ SOAK_RETRY_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0)
 # webhook before it answers, and the daemon stores a delivery before it answers: nothing
 # hides between the three things drain() watches)
 QUIET_SECONDS = 0.5
-# the secrets of the user's shell, which the soak's processes must not inherit
-DROPPED_ENV = ("IM_PASSWORD", "IM_API_TOKEN", "IM_WEBHOOK_SECRET", "IM_NEW_MASTER_KEY")
 
 # -- the oracle: SPEC §3's default ownership and what each type syncs ---------------------------
 
@@ -193,25 +176,6 @@ class Settings:
 # -- the world: directory, environment, simulators, integrations, daemon ----------------------
 
 
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Set (None: remove) variables of this process's environment; restore them afterwards."""
-    saved = {name: os.environ.get(name) for name in values}
-
-    def put(items: Mapping[str, str | None]) -> None:
-        for name, value in items.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-    try:
-        put(values)
-        yield
-    finally:
-        put(saved)
-
-
 class _QuietDisconnects(logging.Filter):
     """A simulator request cut off by a SIGKILL is what the soak does, not news: no
     traceback for it (any other simulator error is still logged)."""
@@ -253,22 +217,8 @@ def _set_up(stack: contextlib.ExitStack, settings: Settings, keep: list[bool]) -
                 shutil.rmtree(workdir, ignore_errors=True)
 
         stack.callback(remove)
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    stack.enter_context(
-        _environment(
-            {
-                "IM_DB": str(workdir / "im.db"),
-                "IM_MASTER_KEY": key,
-                "IM_USER": PRINCIPAL,
-                "XDG_CONFIG_HOME": str(workdir / "config"),
-                "XDG_DATA_HOME": str(workdir / "data"),
-                "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",  # never the user's
-                "OTEL_SDK_DISABLED": "true",
-                "IM_BUSY_TIMEOUT": "10",
-                **dict.fromkeys(DROPPED_ENV),
-            }
-        )
-    )
+    values = isolated_environment(workdir, new_master_key(), PRINCIPAL)
+    stack.enter_context(environment({**values, "IM_BUSY_TIMEOUT": "10"}))
     quiet = _QuietDisconnects()
     logging.getLogger("uvicorn.error").addFilter(quiet)
     stack.callback(logging.getLogger("uvicorn.error").removeFilter, quiet)
@@ -291,20 +241,9 @@ def _set_up(stack: contextlib.ExitStack, settings: Settings, keep: list[bool]) -
         sim.faults.update({"latency": settings.latency})
         sims[kind] = sim
         urls[kind] = stack.enter_context(serve_in_thread(sim)).url
-        options, credentials = CONNECTIONS[kind]
-        integrations[kind] = config.create(
-            db,
-            clock,
-            PRINCIPAL,
-            NAMES[kind],
-            kind,
-            config.IntegrationInput(
-                url=urls[kind],
-                settings=dict(options),
-                secrets={**credentials, "webhook_secret": webhook_secret},
-                direction="bidirectional",
-            ),
-        ).integration
+        integrations[kind] = create_integration(
+            db, clock, PRINCIPAL, NAMES[kind], kind, urls[kind], webhook_secret, SETTINGS.get(kind)
+        )
     return World(workdir, workdir / "im.db", daemon_port, sims, urls, integrations)
 
 
@@ -322,27 +261,15 @@ class Daemon:
         """Start a daemon and wait until /readyz answers 200; the seconds it took. Raises
         RuntimeError (with the log's tail) when it does not get there."""
         world = self.world
-        command = [
-            sys.executable, "-m", "im", "daemon", "--port", str(world.daemon_port),
-            "--public-url", world.daemon_url,
-        ]  # fmt: skip
+        args = ["--port", str(world.daemon_port), "--public-url", world.daemon_url]
         with world.log_path.open("ab") as log:  # its log lines and any traceback, every daemon
-            self.process = subprocess.Popen(
-                command,
-                env=dict(os.environ),  # the soak's environment, set in _set_up
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
+            self.process = start_daemon(args, stderr=log)  # the soak's environment (_set_up)
         self.started_at = time.monotonic()
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{world.daemon_url}/readyz", timeout=1).status_code == 200:
-                    break
-            if self.process.poll() is not None or time.monotonic() - self.started_at > timeout:
-                self.kill()
-                raise RuntimeError(f"the daemon did not become ready: {self.tail()}")
-            time.sleep(0.02)
+        try:
+            wait_ready(self.process, world.daemon_url, timeout=timeout, interval=0.02)
+        except DaemonNotReadyError:
+            self.kill()
+            raise RuntimeError(f"the daemon did not become ready: {self.tail()}") from None
         took = time.monotonic() - self.started_at
         self.ready_times.append(took)
         return took
@@ -354,15 +281,8 @@ class Daemon:
             self.process.wait(timeout=10)
 
     def stop(self) -> int | None:
-        """SIGTERM, as a person stops it; the exit status."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
+        """SIGTERM, as a person stops it (SIGKILL after 15 s); the exit status."""
+        return None if self.process is None else stop_daemon(self.process, timeout=15)
 
     def tail(self, lines: int = 5) -> str:
         path = self.world.log_path

@@ -35,7 +35,9 @@ class FrozenClock:
 def format_time(moment: datetime) -> str:
     """``2026-11-27T06:19:18.123Z``."""
     utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # not strftime: it writes a year before 1000 short ("999-01-01"), which neither parses
+    # back nor sorts with the others (a vendor's odd event time then broke conflict checks)
+    return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:

@@ -17,19 +17,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 from im.clock import FrozenClock
-from im.sim.core import Simulator
-from im.sim.jira import JiraSimulator
-from im.sim.pagerduty import PagerDutySimulator
-from im.sim.servicenow import ServiceNowSimulator
 from tests.conftest import START, Im
-from tests.two_way import CREATE, SECRET, Two, platform
+from tests.two_way import Two, two_way
 
 CAMPAIGN = os.environ.get("IM_FUZZ_EXAMPLES", "").strip()
 
@@ -70,17 +64,5 @@ def shared_two(home: Path) -> Iterator[Two]:
         clock = FrozenClock(START)
         im = Im(home / "im.db", clock)
         im.ok("init")
-        for name, (args, secrets) in CREATE.items():
-            im.ok("integration", "create", name, *args, env={**secrets, "IM_WEBHOOK_SECRET": SECRET[name]})  # fmt: skip
-            im.ok("integration", "configure", name, "--direction", "bidirectional")
-        sims: dict[str, Simulator] = {
-            "prod-snow": ServiceNowSimulator(clock=clock, webhook_url="http://im/webhooks/prod-snow", webhook_secret=SECRET["prod-snow"]),
-            "prod-jira": JiraSimulator(clock=clock, webhook_url="http://im/webhooks/prod-jira", webhook_secret=SECRET["prod-jira"]),
-            "prod-pd": PagerDutySimulator(clock=clock, webhook_url="http://im/webhooks/prod-pd", webhook_secret=SECRET["prod-pd"]),
-        }  # fmt: skip
-
-        def transport_for(integration: dict[str, Any]) -> httpx.BaseTransport:
-            return sims[integration["name"]].transport()
-
-        with platform(im, clock, sims, transport_for) as two:
+        with two_way(im, clock) as two:
             yield two

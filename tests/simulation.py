@@ -65,7 +65,7 @@ from im.store import outbox as outbox_rows
 from im.store.db import write
 from im.sync import reconcile
 from tests.conftest import START, Im
-from tests.two_way import AGENTS, CREATE, SECRET, Two, platform
+from tests.two_way import CREATE, SECRET, Two, agent_client, platform
 
 NAMES = ("prod-snow", "prod-jira", "prod-pd")
 OPERATIONS = 44  # per seed: a few incidents, a few dozen operations
@@ -253,6 +253,9 @@ class Down(httpx.BaseTransport):
 
 
 class Simulation:
+    """One seed's run: ``run`` sets up, plays the workload, stops the faults, drains,
+    reconciles and drains again; ``tests.test_simulation`` then checks the invariant."""
+
     def __init__(self, seed: int, im: Im, clock: FrozenClock) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -399,6 +402,7 @@ class Simulation:
         self.trace.append(f"{format_time(self.clock.now())[11:19]} {line}")
 
     def operation(self, first: bool) -> None:
+        """One operation, drawn by weight (the first one creates an incident)."""
         rng = self.rng
         count = self.incident_count()
         choices: list[tuple[float, Callable[[], None]]] = [
@@ -489,17 +493,7 @@ class Simulation:
     # -- the agents' side ----------------------------------------------------------------------
 
     def agent(self, name: str) -> httpx.Client:
-        sim = self.sims[name]
-        if name == "prod-pd":
-            return httpx.Client(
-                transport=sim.transport(),
-                base_url="http://pd",
-                headers={"Authorization": "Token token=agent-token", "From": "agent@example.com"},
-                trust_env=False,
-            )
-        return httpx.Client(
-            transport=sim.transport(), base_url="http://sim", auth=AGENTS[name], trust_env=False
-        )
+        return agent_client(self.sims[name], name, trust_env=False)
 
     def _record(self, name: str) -> str | None:
         """A record of ours in the simulator's own store (linked yet or not)."""

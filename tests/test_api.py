@@ -203,6 +203,14 @@ def test_list_is_newest_first_with_limit_and_status(api: Api) -> None:
     assert message.startswith("status:") and "triggered" in message
 
 
+@pytest.mark.parametrize("limit", ["0", "-1", "10001", "many"])
+def test_a_reconcile_history_limit_out_of_range_is_a_422_not_clamped(api: Api, limit: str) -> None:
+    """It was silently clamped to 1..10000: a caller asking for 0 got one run."""
+    url = "/integrations/prod-jira/reconcile/history"
+    assert error(api.call("GET", url, params={"limit": limit}), 422, "invalid").startswith("limit:")
+    assert api.ok("GET", url, params={"limit": 10000}) == []
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [

@@ -219,23 +219,29 @@ def test_incidents_and_updates_reach_all_three_systems_through_the_daemon(
         assert sim.record_count() == 1
 
 
+def finished(db: Database) -> int:
+    return int(db.execute("SELECT count(*) FROM outbox WHERE state = 'done'").fetchone()[0])
+
+
 def test_a_daemon_killed_mid_delivery_loses_and_duplicates_nothing(
     live: Live, db_path: Path, served: dict[str, tuple[Simulator, Served]]
 ) -> None:
     create_integrations(live, served)
     for sim, _ in served.values():
-        sim.faults.update({"latency": 0.03})
+        sim.faults.update({"latency": 0.1})
     count = 12
     for n in range(1, count + 1):
         live.ok("incident", "create", "--title", f"incident {n}")
         live.ok("incident", "comment", f"INC-{n}", f"note {n}", "--work-note")
     port = free_port()
     daemon = start_daemon(db_path, port)
-    time.sleep(0.6)  # mid-delivery
-    daemon.send_signal(signal.SIGKILL)
-    daemon.wait(timeout=10)
     with Database(db_path) as db:
-        done = db.execute("SELECT count(*) FROM outbox WHERE state = 'done'").fetchone()[0]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not finished(db):
+            time.sleep(0.01)
+        daemon.send_signal(signal.SIGKILL)  # mid-delivery: the first row is done
+        daemon.wait(timeout=10)
+        done = finished(db)
     assert 0 < done < count * 3, "the kill should land in the middle of delivery"
     for n in range(1, count + 1):
         live.ok("incident", "update", f"INC-{n}", "--title", f"incident {n}, renamed")

@@ -5,6 +5,7 @@ coalescing, ordering, in-doubt creates, journals, and the DLQ commands."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from im.store import outbox as outbox_rows
 from im.store.db import write
 from im.sync.dispatcher import Dispatcher
 from tests.conftest import Im
+from tests.two_way import external_id
 
 CREATE = {
     "prod-snow": ["--type", "servicenow", "--url", "http://127.0.0.1:1", "--username", "im-integration"],
@@ -70,19 +72,10 @@ class World:
         )
 
     def external(self, name: str, incident: int) -> ExternalRecord:
-        link = (
-            self.db()
-            .execute(
-                "SELECT external_id FROM links l JOIN integrations i ON i.id = l.integration_id "
-                "WHERE i.name = ? AND l.incident_id = ?",
-                [name, incident],
-            )
-            .fetchone()
-        )
-        assert link, f"INC-{incident} is not linked to {name}"
+        record = external_id(self.db(), name, incident)
         connector = self.connector(name)
         try:
-            return connector.get(link[0])
+            return connector.get(record)
         finally:
             connector.close()
 
@@ -484,3 +477,36 @@ def test_a_passing_integration_test_resumes_an_auth_pause(world: World) -> None:
     assert sync_state.get(world.db(), pd)["pause_reason"] is None
     world.step()
     assert world.sims["prod-pd"].record_count() == 1
+
+
+def test_the_daemons_dispatcher_sends_rows_of_different_incidents_at_once(world: World) -> None:
+    """One slow vendor round trip must not hold back every other incident's change: the
+    daemon's dispatcher has several of one integration's rows in flight at once."""
+    numbers = [new_incident(world, f"incident {n}") for n in range(6)]
+    jira = world.sims["prod-jira"].transport()
+    together = threading.Barrier(3, timeout=10)  # broken (an error) unless 3 creates overlap
+
+    class Overlapping(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "POST" and request.url.path.endswith("/issue"):
+                together.wait()
+            return jira.handle_request(request)
+
+    transports = {"prod-jira": Overlapping()}
+    parallel = Dispatcher(
+        world.db(),
+        world.clock,
+        transport_for=lambda i: transports.get(i["name"]) or world.sims[i["name"]].transport(),
+        sleep=world.clock.advance,
+        parallel=True,
+    )
+    try:
+        parallel.step()
+    finally:
+        parallel.close()
+    assert not together.broken
+    assert world.sims["prod-jira"].record_count() == 6
+    assert [world.external("prod-jira", n).fields["title"] for n in numbers] == [
+        f"incident {n}" for n in range(6)
+    ]
+    assert all(r["state"] == "done" for r in world.rows("prod-jira"))

@@ -275,22 +275,11 @@ def test_a_busy_database_is_a_503_with_retry_after_never_a_500(
 def test_an_event_that_cannot_be_applied_is_retried_then_dead_lettered_inbound(two: Two) -> None:
     jira = two.sims["prod-jira"]
     jira.faults.update({"drop_webhooks": 1})  # its create event is lost
+    made = jira_issue(two, "made by hand")
+    jira.faults.update({"drop_webhooks": 0})
+    two.clock.advance(5)
     with two.agent("prod-jira") as agent:
-        made = agent.post(
-            "/rest/api/3/issue",
-            json={
-                "fields": {
-                    "project": {"key": "OPS"},
-                    "issuetype": {"name": "Incident"},
-                    "summary": "made by hand",
-                }
-            },
-        ).json()
-        jira.faults.update({"drop_webhooks": 0})
-        two.clock.advance(5)
-        agent.put(
-            f"/rest/api/3/issue/{made['id']}", json={"fields": {"summary": "made by hand, edited"}}
-        )
+        agent.put(f"/rest/api/3/issue/{made}", json={"fields": {"summary": "made by hand, edited"}})
     jira.faults.update({"error_rate": 1})  # reading the unknown issue fails
     two.deliver()
     for wait in (30, 120, 480, 1800):

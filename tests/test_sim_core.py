@@ -3,6 +3,7 @@ webhooks with per-resource order, the vendor's retries and the delivery faults."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from im.clock import FrozenClock
 from im.sim.core import Faults, RetryPolicy, Simulator, parse_fault
+from im.sim.server import free_port, serve_in_thread
 from im.sim.transport import ASGIBridge
 
 
@@ -219,3 +221,25 @@ def test_webhook_log_is_visible_over_http(sim: ThingSim, receiver: Receiver) -> 
     shown: Any = api.get("/_sim/webhooks").json()
     assert shown["url"] == "http://receiver/hook"
     assert shown["log"][0]["outcome"] == "delivered" and shown["pending"] == []
+
+
+def test_a_served_simulator_whose_receiver_is_gone_keeps_quiet_and_retries(
+    clock: FrozenClock, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon that went away is normal (`im demo` stopping it, the crash soak killing it):
+    the delivery waits for its retry with the reason in its answers (GET /_sim/webhooks), and
+    nothing is printed."""
+    sim = ThingSim(clock=clock, seed=7, webhook_url=f"http://127.0.0.1:{free_port()}/hook")
+    try:
+        with serve_in_thread(sim) as served:
+            assert httpx.post(f"{served.url}/things/a").status_code == 200
+            deadline = time.monotonic() + 10
+            while not (sim.webhooks.pending and sim.webhooks.pending[0].answers):
+                assert time.monotonic() < deadline, "the delivery was never tried"
+                time.sleep(0.02)
+    finally:
+        sim.shutdown()
+    [delivery] = sim.webhooks.pending
+    assert delivery.answers[0].endswith("attempt 1: no answer (ConnectError)")
+    assert delivery.attempt == 2
+    assert capfd.readouterr() == ("", "")

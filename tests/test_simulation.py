@@ -13,18 +13,34 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from im.clock import format_time
 from im.config.connection import open_connector
 from im.connectors.base import Connector
 from im.store import meta, open_database
+from im.store import outbox as outbox_rows
+from im.store.db import write
+from im.sync.dispatcher import Dispatcher
 from tests import invariants
-from tests.simulation import Outcome, make_template, simulation
+from tests.simulation import Crash, Outcome, make_template, simulation
+from tests.test_reconcile import jira_put, jira_summary, snow_patch, snow_record
+from tests.two_way import Two, new_incident
 
 MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
 
-# Seeds that found a bug, run every time (each fixed in the engine; what it found).
-KEPT: dict[int, str] = {}
+# Seeds that found a bug, run every time (each fixed in the engine). Two more bugs are kept
+# as hand-made runs at the end of this file.
+KEPT = (
+    292,  # a Jira comment on our unlinked issue (create answer lost) made a second incident
+    69,  # reconcile skipped an in-flight field PagerDuty had changed too: nothing decided it
+    4,  # an adopted PagerDuty "no priority", snapshotted as p3, was refused on every run
+    2,  # our own create's event (no description yet) rolled back a newer description
+    62,  # finishing a found create overwrote a person's edit of a field its POST wrote
+    589,  # a create linked meanwhile was sent as an update, judged on snapshots never made
+    2690,  # a person's edit between the dispatcher's read and write was taken for stale
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -116,3 +132,59 @@ def test_the_same_seed_makes_the_same_run(
     second = simulate(seed, tmp_path / "second", world)
     assert first.trace == second.trace
     assert first.digest == second.digest
+
+
+# -- what the simulation found, replayed by hand ------------------------------------------------
+# Two of the bugs the simulation found no longer show in its current workload within a few
+# thousand seeds (other fixes catch their symptoms first); each is kept here as the smallest
+# run that shows it.
+
+
+def test_a_status_the_platform_refused_does_not_hold_back_its_next_status(two: Two) -> None:
+    """Found by seed 250 of an earlier workload: a ServiceNow agent moved an acknowledged
+    incident back to New, which the platform refused; the platform's later resolve then met
+    New as a concurrent edit and waited for an event that had already come."""
+    n = new_incident(two)
+    two.im.ok("incident", "update", f"INC-{n}", "--status", "acknowledged")
+    two.sync()
+    two.clock.advance(10)
+    snow_patch(two, n, {"state": "1"})
+    two.sync()  # refused: acknowledged cannot go back to triggered
+    assert two.incident(n)["status"] == "acknowledged"
+    two.clock.advance(60)
+    two.im.ok("incident", "update", f"INC-{n}", "--status", "resolved")
+    two.sync()
+    assert snow_record(two, n)["state"] == "6"
+
+
+def test_a_person_edit_after_a_send_cut_short_is_not_overwritten(two: Two) -> None:
+    """Found by seed 179 of an earlier workload: the daemon died while sending a title; a
+    person then retitled the issue; the retry took any title there for a state on its way
+    (as it may for a status walked through Jira's transitions) and overwrote it."""
+    n = new_incident(two)
+    two.sync()
+    two.clock.advance(10)
+    two.im.ok("incident", "update", f"INC-{n}", "--title", "platform title")
+    jira = two.sims["prod-jira"]
+
+    class DiesWhileSending(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "PUT":
+                raise Crash  # before Jira sees the write
+            return jira.transport().handle_request(request)
+
+    dying = Dispatcher(
+        two.db(), two.clock, transport_for=lambda integration: DiesWhileSending(),
+        sleep=two.clock.advance,
+    )  # fmt: skip
+    with pytest.raises(Crash):
+        dying.step()
+    dying.close()
+    two.clock.advance(120)
+    jira_put(two, n, {"summary": "agent title"})
+    two.clock.advance(60)  # the daemon starts again, takes its lease back, and retries
+    with write(two.db()):
+        outbox_rows.reap(two.db(), format_time(two.clock.now()), every=True)
+    two.sync()
+    assert jira_summary(two, n) == "agent title"
+    assert two.incident(n)["title"] == "agent title"  # the later change, on both sides

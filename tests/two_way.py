@@ -79,27 +79,10 @@ class Two:
         return json.loads(self.im.ok("integration", "events", name, "--format", "json"))
 
     def external_id(self, name: str, incident: int) -> str:
-        row = (
-            self.db()
-            .execute(
-                "SELECT external_id FROM links l JOIN integrations i ON i.id = l.integration_id "
-                "WHERE i.name = ? AND l.incident_id = ?",
-                [name, incident],
-            )
-            .fetchone()
-        )
-        assert row, f"INC-{incident} not linked to {name}"
-        return str(row[0])
+        return external_id(self.db(), name, incident)
 
     def agent(self, name: str) -> httpx.Client:
-        sim = self.sims[name]
-        if name == "prod-pd":
-            return httpx.Client(
-                transport=sim.transport(),
-                base_url="http://pd",
-                headers={"Authorization": "Token token=agent-token", "From": "agent@example.com"},
-            )
-        return httpx.Client(transport=sim.transport(), base_url="http://sim", auth=AGENTS[name])
+        return agent_client(self.sims[name], name)
 
     def incident(self, n: int) -> dict[str, Any]:
         shown: dict[str, Any] = json.loads(
@@ -108,13 +91,45 @@ class Two:
         return shown
 
 
+def external_id(db: Any, name: str, incident: int) -> str:
+    """The id of the record in integration ``name`` linked to INC-``incident``."""
+    row = db.execute(
+        "SELECT external_id FROM links l JOIN integrations i ON i.id = l.integration_id "
+        "WHERE i.name = ? AND l.incident_id = ?",
+        [name, incident],
+    ).fetchone()
+    assert row, f"INC-{incident} is not linked to {name}"
+    return str(row[0])
+
+
+def agent_client(sim: Simulator, name: str, *, trust_env: bool = True) -> httpx.Client:
+    """A client of ``sim``, the simulator of integration ``name``, logged in as its agent:
+    the person there."""
+    if name == "prod-pd":
+        return httpx.Client(
+            transport=sim.transport(),
+            base_url="http://pd",
+            headers={"Authorization": "Token token=agent-token", "From": "agent@example.com"},
+            trust_env=trust_env,
+        )
+    return httpx.Client(
+        transport=sim.transport(), base_url="http://sim", auth=AGENTS[name], trust_env=trust_env
+    )
+
+
 @pytest.fixture
 def two(initialised: Im, clock: FrozenClock) -> Iterator[Two]:
+    with two_way(initialised, clock) as world:
+        yield world
+
+
+@contextmanager
+def two_way(im: Im, clock: FrozenClock) -> Iterator[Two]:
+    """The three integrations (``CREATE``) made bidirectional in ``im``'s initialised
+    database, their simulators on ``clock``, and the ``platform`` between them."""
     for name, (args, env) in CREATE.items():
-        initialised.ok(
-            "integration", "create", name, *args, env={**env, "IM_WEBHOOK_SECRET": SECRET[name]}
-        )
-        initialised.ok("integration", "configure", name, "--direction", "bidirectional")
+        im.ok("integration", "create", name, *args, env={**env, "IM_WEBHOOK_SECRET": SECRET[name]})
+        im.ok("integration", "configure", name, "--direction", "bidirectional")
     sims: dict[str, Simulator] = {
         "prod-snow": ServiceNowSimulator(clock=clock, webhook_url="http://im/webhooks/prod-snow", webhook_secret=SECRET["prod-snow"]),
         "prod-jira": JiraSimulator(clock=clock, webhook_url="http://im/webhooks/prod-jira", webhook_secret=SECRET["prod-jira"]),
@@ -124,7 +139,7 @@ def two(initialised: Im, clock: FrozenClock) -> Iterator[Two]:
     def transport_for(integration: dict[str, Any]) -> httpx.BaseTransport:
         return sims[integration["name"]].transport()
 
-    with platform(initialised, clock, sims, transport_for) as world:
+    with platform(im, clock, sims, transport_for) as world:
         yield world
 
 

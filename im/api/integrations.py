@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from im.api.deps import Caller, Db, Now, Transports
 from im.api.errors import declared
@@ -209,9 +209,13 @@ def run_reconcile(
 @router.get(
     "/{ref}/reconcile/history", responses=declared(404), summary="Reconcile runs, newest first"
 )
-def reconcile_history(db: Db, caller: Caller, ref: Ref, limit: int = 20) -> list[ReconcileRunOut]:
+def reconcile_history(
+    db: Db,
+    caller: Caller,
+    ref: Ref,
+    limit: Annotated[int, Query(ge=1, le=10000, description="How many runs.")] = 20,
+) -> list[ReconcileRunOut]:
     caller.require("reconcile.history", integration=ref)
-    limit = max(1, min(limit, 10000))
     return [ReconcileRunOut(**row) for row in reconcile.history(db, config.find(db, ref), limit)]
 
 

@@ -63,14 +63,36 @@ def parse_grace(text: str) -> timedelta:
     return timedelta(seconds=parse_duration(text, "--grace", 0, math.inf))
 
 
-def accepted(db: Database, integration: Mapping[str, Any], now: datetime) -> list[str]:
-    """The opened webhook secrets a delivery may be signed with at ``now``: the current one,
-    and the previous one while its grace lasts. Raises SecretError when the master key does
-    not open them."""
-    found = [secret(db, integration, WEBHOOK_SECRET.name)]
-    if previous_webhook_secret_until(db, integration["id"], now) is not None:
-        found.append(secret(db, integration, PREVIOUS_WEBHOOK_SECRET))
-    return [value for value in found if value]
+class Accepted:
+    """The opened webhook secrets a delivery may be signed with: the current one, and the
+    previous one while its grace lasts (checked at each delivery's ``now``).
+
+    Each opened value is kept with the sealed value it came from: opening them for every
+    delivery (reading the key, two unseals) was the larger part of receiving one. A changed
+    sealed value (configure, rotate-secret, a master key rotation) is opened again."""
+
+    def __init__(self) -> None:
+        self._opened: dict[tuple[int, str], tuple[bytes, str | None]] = {}
+
+    def __call__(self, db: Database, integration: Mapping[str, Any], now: datetime) -> list[str]:
+        """Raises SecretError when the master key does not open them."""
+        names = (WEBHOOK_SECRET.name, PREVIOUS_WEBHOOK_SECRET)
+        stored = rows.sealed_with_expiry(db, integration["id"], names)
+        found = []
+        for name in names:
+            if name not in stored:
+                continue
+            sealed, until = stored[name]
+            # stored times sort in time order: the previous one counts while now < expires_at
+            if name == PREVIOUS_WEBHOOK_SECRET and (until is None or format_time(now) >= until):
+                continue
+            kept = self._opened.get((integration["id"], name))
+            if kept is None or kept[0] != sealed:
+                kept = (sealed, secret(db, integration, name))
+                self._opened[(integration["id"], name)] = kept
+            if kept[1]:
+                found.append(kept[1])
+        return found
 
 
 @dataclass(frozen=True)

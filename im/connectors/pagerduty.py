@@ -171,7 +171,7 @@ def _utc(text: Any, error: type[Exception]) -> str:
     """A vendor time in the platform's form (UTC, milliseconds, ``Z``)."""
     try:
         return format_time(parse_time(str(text)))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: out of range once in UTC
         raise error(f"PagerDuty sent an unreadable time {str(text)[:40]!r}") from None
 
 
@@ -795,8 +795,7 @@ class PagerDutyConnector:
         usable = [secret for secret in secrets if secret]
         if not usable:
             raise SignatureError("no webhook secret is configured for this integration")
-        if not request.body:
-            raise SignatureError("the delivery has an empty body")
+        # an empty body is signed like any other: authentic, it is malformed (400), not a 401
         pagerduty_verify(usable, request.headers.get("x-pagerduty-signature", ""), request.body)
 
     def malformed(self, payload: Any) -> str | None:
@@ -864,7 +863,11 @@ class PagerDutyConnector:
                 changes["title"] = self.normalise("title", str(data.get("title") or ""))
             self._map_in(changes, "severity", data.get("urgency"), warnings)
         if (created or event_type == "incident.priority_updated") and self._synced("priority"):
-            changes["priority"] = self._priority_in(data.get("priority"), warnings)
+            priority = self._priority_in(data.get("priority"), warnings)
+            # The platform has no "no priority", and one it has no value for is skipped (with
+            # a warning): either way the rest of the event applies (SPEC §3)
+            if priority:
+                changes["priority"] = priority
         if created or event_type in ASSIGNMENT_EVENTS:
             if self._synced("assigned_to"):
                 self._assignee_in(changes, list(data.get("assignees") or []), warnings)

@@ -780,6 +780,11 @@ class ServiceNowConnector:
         delivery_id = request.headers.get("webhook-id", "")
         if not delivery_id:
             raise MalformedEventError("the webhook-id header is missing")
+        # conflicts are judged on it (SPEC §6): like Jira's and PagerDuty's event times, one
+        # that cannot be read makes the event malformed (it fails, saying why)
+        event_time = _iso(str(payload.get("sys_updated_on") or ""))
+        if not event_time:
+            raise MalformedEventError("sys_updated_on is missing or not a ServiceNow time")
         raw: dict[str, Any] = {str(k): "" if v is None else str(v) for k, v in changes.items()}
         assignee = payload.get("assigned_to")
         if isinstance(assignee, dict) and assignee.get("email"):
@@ -797,7 +802,7 @@ class ServiceNowConnector:
             external_id=sys_id,
             external_key=str(payload.get("number") or ""),
             version=_version(str(payload.get("sys_mod_count", ""))),
-            event_time=_iso(str(payload.get("sys_updated_on") or "")),
+            event_time=event_time,
             actor=actor,
             by_self=bool(actor) and actor.lower() == self._username.lower(),
             changes=fields,

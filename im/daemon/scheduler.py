@@ -1,5 +1,6 @@
-"""APScheduler ticks: the dispatcher and the inbound applier about every 100 ms, the heartbeat
-and the reconcile schedules every second, the dedupe purge hourly. The outbox row's
+"""APScheduler ticks: the dispatcher about every 100 ms, the heartbeat and the reconcile
+schedules every second, the dedupe purge hourly (the inbound applier runs on its own thread,
+woken by each stored delivery and at least every tick). The outbox row's
 ``next_attempt_at`` (and the stored event's, and a schedule's ``next_run_at``) is the only
 source of truth: there is no job per row or per schedule, so a restart loses nothing and a
 changed schedule needs no restart."""

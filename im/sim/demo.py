@@ -19,14 +19,10 @@ simulators are stopped and the directory is removed before ``run`` returns or ra
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import os
 import secrets
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -52,17 +48,13 @@ from im.config.webhook_secrets import new_secret
 from im.connectors.base import Connector
 from im.errors import ImError
 from im.model import Incident, incident_display_id
-from im.sim.core import Simulator
-from im.sim.jira import JiraSimulator
-from im.sim.pagerduty import PagerDutySimulator
+from im.sim import world
 from im.sim.server import free_port, serve_in_thread
-from im.sim.servicenow import ServiceNowSimulator
 from im.store import initialise, links
 from im.sync import conflicts, reconcile, retry
 
 STEP_TIMEOUT = 15.0  # seconds a step waits for what it shows; then it did not hold
 POLL_SECONDS = 0.02
-DAEMON_START_TIMEOUT = 30.0
 PRINCIPAL = "demo"  # who the demo acts as (IM_USER of its processes): its database's administrator
 SIMULTANEOUS_DELAY = 1.0  # seconds the Jira agent's webhook is held back in step 3
 CONFLICT_STRATEGY = "manual-review"  # Jira's in step 3: the conflict waits for a person
@@ -73,27 +65,6 @@ KINDS = ("servicenow", "jira", "pagerduty")
 SNOW, JIRA, PD = "prod-snow", "prod-jira", "prod-pd"
 NAMES = {"servicenow": SNOW, "jira": JIRA, "pagerduty": PD}
 LABELS = {"servicenow": "ServiceNow", "jira": "Jira", "pagerduty": "PagerDuty"}
-SIMULATORS: dict[str, Callable[..., Simulator]] = {
-    "servicenow": ServiceNowSimulator,
-    "jira": JiraSimulator,
-    "pagerduty": PagerDutySimulator,
-}
-# the simulators' default accounts (SPEC §12): `im integration create` options and secrets
-CONNECTIONS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
-    "servicenow": ({"username": "im-integration"}, {"password": "im-integration"}),
-    "jira": (
-        {"email": "im-integration@example.com", "project": "OPS", "client_key": "im-sim-jira"},
-        {"api_token": "im-integration-token"},
-    ),
-    "pagerduty": (
-        {
-            "from_email": "im-integration@example.com",
-            "service": "PSVC001",
-            "escalation_policy": "PEP0001",
-        },
-        {"api_token": "im-integration-token"},
-    ),
-}
 SECRET_VARIABLES = {"password": "IM_PASSWORD", "api_token": "IM_API_TOKEN"}
 # the people on the other side: each simulator's agent account, and the integration's
 AGENT_LOGINS = {
@@ -106,8 +77,6 @@ INTEGRATION_LOGINS = {
     "jira": "Basic im-integration@example.com / im-integration-token",
     "pagerduty": "API token im-integration-token",
 }
-# the user's secrets, which the demo's processes must not inherit
-DROPPED_ENV = ("IM_PASSWORD", "IM_API_TOKEN", "IM_WEBHOOK_SECRET", "IM_NEW_MASTER_KEY")
 
 T = TypeVar("T")
 Measured = list[tuple[str, float]]
@@ -274,36 +243,6 @@ class Stage:
         return str(found[0]["sys_id"])
 
 
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Set (None: remove) environment variables of this process; put back what was there
-    on the way out."""
-    saved = {name: os.environ.get(name) for name in values}
-
-    def put(items: Mapping[str, str | None]) -> None:
-        for name, value in items.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-    try:
-        put(values)
-        yield
-    finally:
-        put(saved)
-
-
-def _stop_daemon(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 def _log_tail(path: Path, lines: int = 3) -> str:
     """The daemon's last warnings and errors, to explain a failure."""
     if not path.exists():
@@ -320,21 +259,8 @@ def _set_up(stack: contextlib.ExitStack, say: Narrator) -> Stage:
     """Start everything; each piece is registered on ``stack`` to be stopped or removed."""
     workdir = Path(tempfile.mkdtemp(prefix="im-demo-"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    stack.enter_context(
-        _environment(
-            {
-                "IM_DB": str(workdir / "im.db"),
-                "IM_MASTER_KEY": key,
-                "IM_USER": PRINCIPAL,
-                "XDG_CONFIG_HOME": str(workdir / "config"),
-                "XDG_DATA_HOME": str(workdir / "data"),
-                "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",  # never the user's
-                "OTEL_SDK_DISABLED": "true",  # the demo's spans stay out of the user's collector
-                **{name: None for name in DROPPED_ENV},
-            }
-        )
-    )
+    key = world.new_master_key()
+    stack.enter_context(world.environment(world.isolated_environment(workdir, key, PRINCIPAL)))
     say.title("im demo: the guide's walk-through on local simulators (no account anywhere)")
     say.fact("throw-away directory", f"{workdir} (removed at the end)")
     clock = SystemClock()
@@ -349,25 +275,15 @@ def _set_up(stack: contextlib.ExitStack, say: Narrator) -> Stage:
     for kind in KINDS:
         webhook_url = f"{daemon_url}/webhooks/{NAMES[kind]}"
         webhook_secret = new_secret(kind)
-        sim = SIMULATORS[kind](
+        sim = world.SIMULATORS[kind](
             seed=secrets.randbelow(2**31), webhook_url=webhook_url, webhook_secret=webhook_secret
         )
         urls[kind] = stack.enter_context(serve_in_thread(sim)).url
         say.fact(f"{LABELS[kind]} simulator", f"{urls[kind]}, webhooks to {webhook_url}")
-        settings, credentials = CONNECTIONS[kind]
-        integrations[kind] = config.create(
-            db,
-            clock,
-            PRINCIPAL,
-            NAMES[kind],
-            kind,
-            config.IntegrationInput(
-                url=urls[kind],
-                settings=dict(settings),
-                secrets={**credentials, "webhook_secret": webhook_secret},
-                direction="bidirectional",
-            ),
-        ).integration
+        integrations[kind] = world.create_integration(
+            db, clock, PRINCIPAL, NAMES[kind], kind, urls[kind], webhook_secret
+        )
+        settings, credentials = world.CONNECTIONS[kind]
         options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
         variables = " ".join(f"${SECRET_VARIABLES[name]}" for name in credentials)
         say.command(
@@ -380,26 +296,17 @@ def _set_up(stack: contextlib.ExitStack, say: Narrator) -> Stage:
     stage = Stage(workdir, key, db, urls, integrations, connectors, daemon_url)
 
     log = stack.enter_context(stage.daemon_log.open("wb"))
-    command = ["daemon", "--port", str(daemon_port), "--public-url", daemon_url]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "im", *command],
-        env=dict(os.environ),  # the demo's environment, set above
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-    )
-    stack.callback(_stop_daemon, process)
-    say.command(f"im {' '.join(command)} &")
-    started = time.monotonic()
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{daemon_url}/readyz", timeout=1).status_code == 200:
-                break
-        if process.poll() is not None or time.monotonic() - started > DAEMON_START_TIMEOUT:
-            why = _log_tail(stage.daemon_log) or "no log line"
-            raise DemoFailedError(f"demo failed while setting up: the daemon did not start ({why})")
-        time.sleep(0.05)
-    ready = time.monotonic() - started
+    args = ["--port", str(daemon_port), "--public-url", daemon_url]
+    process = world.start_daemon(args, stdout=log, stderr=log)  # the environment set above
+    stack.callback(world.stop_daemon, process)
+    say.command(f"im daemon {' '.join(args)} &")
+    try:
+        ready = world.wait_ready(process, daemon_url)
+    except world.DaemonNotReadyError:
+        why = _log_tail(stage.daemon_log) or "no log line"
+        raise DemoFailedError(
+            f"demo failed while setting up: the daemon did not start ({why})"
+        ) from None
     say.fact("im daemon", f"{daemon_url} (pid {process.pid}), ready in {ready:.1f} s")
     say.fact("integrations", f"{SNOW}, {JIRA}, {PD}: bidirectional, default ownership")
     return stage

@@ -5,10 +5,12 @@ Writers must be inside store.write()."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from sqlite_utils import Database
 
+from im.clock import format_time, parse_time
 from im.store.db import insert_row
 
 DEDUPE_DAYS = 7
@@ -124,6 +126,27 @@ def pushed_since(
     ).fetchall():
         found.setdefault(name, set()).add(value)
     return found
+
+
+def sending_at(
+    db: Database,
+    integration_id: int,
+    incident_id: int,
+    field: str,
+    value: str,
+    moment: str,
+    within: float,
+) -> bool:
+    """Whether a push of exactly this value that still stands (acknowledged or outstanding)
+    began at most ``within`` seconds before ``moment`` (compared to the second)."""
+    latest = moment[:19]
+    earliest = format_time(parse_time(moment) - timedelta(seconds=within))[:19]
+    row = db.execute(
+        "SELECT 1 FROM pushes WHERE integration_id = ? AND incident_id = ? AND field = ? "
+        "AND value = ? AND substr(sent_at, 1, 19) BETWEEN ? AND ? LIMIT 1",
+        [integration_id, incident_id, field, value, earliest, latest],
+    ).fetchone()
+    return row is not None
 
 
 def acknowledge(

@@ -124,6 +124,21 @@ def sealed_secret(db: Database, integration_id: int, name: str) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
+def sealed_with_expiry(
+    db: Database, integration_id: int, names: tuple[str, ...]
+) -> dict[str, tuple[bytes, str | None]]:
+    """Name -> (sealed value, expires_at) of those of the integration's secrets it has."""
+    marks = ", ".join("?" for _ in names)
+    return {
+        str(r[0]): (bytes(r[1]), r[2])
+        for r in db.execute(
+            "SELECT name, sealed, expires_at FROM integration_secrets "
+            f"WHERE integration_id = ? AND name IN ({marks})",
+            [integration_id, *names],
+        ).fetchall()
+    }
+
+
 def sealed_secrets(db: Database) -> list[tuple[int, str, bytes]]:
     """(integration id, name, sealed value) of every stored secret, whatever its name."""
     return [

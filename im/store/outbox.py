@@ -141,6 +141,18 @@ def reap(db: Database, now: str, every: bool = False) -> int:
     return cursor.rowcount
 
 
+def may_have_work(db: Database, now: str) -> bool:
+    """Whether a claim at ``now`` could find anything: a live row whose time has come, or a
+    lease that ran out. Read without the write lock, so an idle dispatcher's tick takes none
+    (the claim itself decides)."""
+    row = db.execute(
+        "SELECT 1 FROM outbox WHERE (state IN ('pending', 'in_doubt') AND next_attempt_at <= ?) "
+        "OR (state = 'in_flight' AND lease_until < ?) LIMIT 1",
+        [now, now],
+    ).fetchone()
+    return row is not None
+
+
 def due(db: Database, now: str, limit: int) -> list[dict[str, Any]]:
     """Rows to send now, at most one per (incident, integration): the oldest live row of each
     pair, when its time has come and its integration is enabled and not paused. An auth pause

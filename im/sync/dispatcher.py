@@ -7,7 +7,10 @@ ticks it from APScheduler. One step:
 1. in one write transaction: take back expired leases, lease the due rows (the oldest live
    row of each (incident, integration) pair, for enabled integrations that are not paused and
    not ahead of their ``--rate-limit`` pace), and read everything a send needs;
-2. without holding the database: send (one thread per integration when ``parallel``);
+2. without holding the database: send, in claim order. In the daemon (``parallel``) the step
+   hands its rows to sender threads and returns: up to SENDERS rows of one integration (each
+   a different incident) are in flight at once, and the next tick claims more as they finish,
+   so one slow round trip holds back neither the other integrations nor the next rows;
 3. in one write transaction per row: link, snapshots, journal links, counters, and the row's
    new state (done, retried later, paused, or in the DLQ).
 
@@ -51,6 +54,11 @@ if TYPE_CHECKING:
 
 LEASE_SECONDS = 60.0
 BATCH = 50
+# rows of one integration in flight at once when ``parallel``: each is a different incident
+# (a claim takes one row per pair), so their order does not matter; sent one after another,
+# a vendor's round trips, not our work, set the pace. Never more are claimed, so a leased row
+# waits for a sender no longer than one send.
+SENDERS = 8
 # how far ahead --rate-limit lets a step claim: N/s allows N rows per second, in bursts
 PACE_WINDOW = 1.0
 
@@ -143,7 +151,11 @@ class Dispatcher:
         self._record_lock = threading.Lock()
         self._block_reasons: dict[int, str] = {}
         self._stopping = threading.Event()
-        self._pool = ThreadPoolExecutor(thread_name_prefix="im-send") if parallel else None
+        # threads are made as needed: SENDERS for each integration that is busy at once
+        self._senders = (
+            ThreadPoolExecutor(SENDERS * 8, thread_name_prefix="im-send") if parallel else None
+        )
+        self._in_flight: dict[int, int] = {}  # integration id -> rows claimed, not recorded
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -155,10 +167,11 @@ class Dispatcher:
         groups: dict[int, list[Job]] = {}
         for job in jobs:
             groups.setdefault(job.integration["id"], []).append(job)
-        if self._pool is not None and len(groups) > 1:
-            results = [r for rs in self._pool.map(self._send_group, groups.values()) for r in rs]
-        else:
-            results = [r for group in groups.values() for r in self._send_group(group)]
+        if self._senders is not None:  # the daemon: sent and recorded on sender threads
+            for group in groups.values():
+                self._submit(group)
+            return StepReport(reaped=reaped)
+        results = [r for group in groups.values() for r in self._send_group(group)]
         sent = sum(1 for r in results if not r.released and r.error is None)
         failed = sum(1 for r in results if not r.released and r.error is not None)
         return StepReport(sent, failed, reaped)
@@ -168,8 +181,9 @@ class Dispatcher:
         self._stopping.set()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        """Wait for the rows being sent (those not begun are given back after ``stop``)."""
+        if self._senders is not None:
+            self._senders.shutdown(wait=True)
         self._cache.close()
 
     # -- 1. claim ----------------------------------------------------------------------------
@@ -178,14 +192,25 @@ class Dispatcher:
         now = self.clock.now()
         stamp = format_time(now)
         jobs: list[Job] = []
-        with write(self.db):
+        with self._record_lock:
+            if not rows.may_have_work(self.db, stamp):
+                return 0, jobs
+        # the senders record on the same connection: one transaction at a time
+        with self._record_lock, write(self.db):
             reaped = rows.reap(self.db, stamp)
             budget: dict[int, int] = {}
+            found: dict[int, dict[str, Any] | None] = {}  # integrations, read once per claim
             for row in rows.due(self.db, stamp, self._batch):
-                integration = integration_rows.find(self.db, str(row["integration_id"]))
+                if row["integration_id"] not in found:
+                    found[row["integration_id"]] = integration_rows.find(
+                        self.db, str(row["integration_id"])
+                    )
+                integration = found[row["integration_id"]]
                 if integration is None:
                     continue
-                if not self._within_pace(integration, budget):
+                if not self._has_sender(integration["id"]) or not self._within_pace(
+                    integration, budget
+                ):
                     continue
                 try:
                     # built here, on this thread: senders must not touch the shared connection
@@ -198,6 +223,10 @@ class Dispatcher:
                 if job is None:
                     continue
                 jobs.append(job)
+                if self._senders is not None:
+                    with self._lock:
+                        taken = self._in_flight.get(job.integration["id"], 0)
+                        self._in_flight[job.integration["id"]] = taken + 1
             for integration_id, used in budget.items():
                 rate = self._rate(integration_id)
                 if rate:
@@ -205,6 +234,13 @@ class Dispatcher:
                         self.db, integration_id, format_time(now + timedelta(seconds=used / rate))
                     )
         return reaped, jobs
+
+    def _has_sender(self, integration_id: int) -> bool:
+        """Whether the daemon can take one more of the integration's rows now."""
+        if self._senders is None:
+            return True
+        with self._lock:
+            return self._in_flight.get(integration_id, 0) < SENDERS
 
     def _blocked(self, integration: Mapping[str, Any], error: ImError) -> None:
         """Say once (not every tick) why an integration's changes cannot be sent."""
@@ -289,22 +325,46 @@ class Dispatcher:
     def _send_group(self, jobs: list[Job]) -> list[Result]:
         """Send one integration's rows in order, recording each as soon as it is done (so a
         crash loses at most the row being sent)."""
-        results = []
-        paused = False
+        paused = threading.Event()
+        return [self._send_one(job, paused) for job in jobs]
+
+    def _submit(self, jobs: list[Job]) -> None:
+        """The daemon: hand one integration's rows to the sender threads, in claim order."""
+        assert self._senders is not None
+        paused = threading.Event()
+
+        def one(job: Job) -> None:
+            try:
+                self._send_one(job, paused)
+            except Exception as exc:  # e.g. the database stayed busy: the lease runs out and
+                # the row is claimed again; say so, as the step's own failures are said
+                self._log(
+                    "dispatch.failed",
+                    {"integration": job.integration["name"], "error": type(exc).__name__,
+                     "detail": str(exc)[:200]},
+                )  # fmt: skip
+            finally:
+                with self._lock:
+                    self._in_flight[job.integration["id"]] -= 1
+
         for job in jobs:
-            if self._stopping.is_set() or paused:
-                # shutting down, or the integration just paused (429, 401): the rest wait
-                result = Result(job, released=True)
-            else:
-                with self._record_lock, write(self.db):
-                    rows.sending(self.db, job.row["id"], format_time(self.clock.now()))
-                    self._write_ahead(job)
-                result = self._send(job)
-            with self._record_lock:  # one transaction at a time on the shared connection
-                self._record(result)
-            results.append(result)
-            paused = paused or isinstance(result.error, RateLimitedError | AuthError)
-        return results
+            self._senders.submit(one, job)
+
+    def _send_one(self, job: Job, paused: threading.Event) -> Result:
+        """Send and record one row. Once its integration pauses (429, 401: ``paused``) or
+        the dispatcher is stopping, a row not yet begun is given back instead."""
+        if self._stopping.is_set() or paused.is_set():
+            result = Result(job, released=True)
+        else:
+            with self._record_lock, write(self.db):
+                rows.sending(self.db, job.row["id"], format_time(self.clock.now()))
+                self._write_ahead(job)
+            result = self._send(job)
+        with self._record_lock:  # one transaction at a time on the shared connection
+            self._record(result)
+        if isinstance(result.error, RateLimitedError | AuthError):
+            paused.set()
+        return result
 
     def _write_ahead(self, job: Job) -> None:
         """Crash safety: record the values this send may write as our pushes before the

@@ -1,16 +1,19 @@
 """The Inbound Webhook Handler (SPEC §3, §5).
 
-``receive`` runs on the request path: it verifies the delivery and stores it durably before
-the answer (202), so nothing authentic is lost and the vendor gets its answer in milliseconds.
+``receive`` runs on the request path: it verifies the delivery, and ``record`` stores it
+durably before the answer (202), so nothing authentic is lost and the vendor gets its answer
+in milliseconds.
 ``Applier`` runs off the request path (the daemon ticks it): it parses each stored delivery
 with the connector, drops duplicates by delivery id, and applies what it says:
 
 - an event for a record with no link first looks up our correlation key (our own create's
   webhook can come before the link commits); only an in-scope record that is not ours creates
   a platform incident, and only when the direction allows inbound;
-- per field: stale events (vendor version not newer than the synced snapshot) are dropped; our
-  own write coming back (our account, matching an outstanding push) is an echo and is consumed;
-  a value the platform already has is no change; ownership decides the rest;
+- per field: stale events (vendor version not newer than the synced snapshot) are dropped,
+  unless our own write went over the edit unseen (then it is a concurrent change); our own
+  write coming back (our account, matching an outstanding push) is an echo and is consumed;
+  a value the platform already has is no change; ownership or the conflict rules decide the
+  rest (a field never synced counts as agreed on empty);
 - journal entries are appended once (matched by the vendor's entry id) and never sent back;
 - an applied change is a platform change for every other integration.
 """
@@ -53,6 +56,9 @@ SENSITIVE_HEADERS = frozenset(
     {"authorization", "cookie", "webhook-signature", "x-hub-signature", "x-pagerduty-signature"}
 )
 BATCH = 50
+# how long one send (a read, the writes, the read back) may take: an edit made at most this
+# long after one of our writes began may have gone under it
+SENDING = 30.0
 # how a refusal's reason begins (integration_state.last_rejection; `im doctor` reads it)
 NOT_AUTHENTIC = "not authentic"
 MALFORMED = "malformed"
@@ -65,6 +71,17 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def _may_move(current: str, status: str, outcome: Outcome) -> bool:
+    """Whether the status machine lets the platform go from ``current`` to ``status`` (the
+    reason is noted when it does not)."""
+    try:
+        check_transition(current, status)
+    except StateError as exc:
+        outcome.notes.append(f"status: {exc.message}")
+        return False
+    return True
+
+
 def _error(status: int, code: str, message: str) -> Answer:
     return Answer(status, {"error": {"code": code, "message": message}})
 
@@ -73,13 +90,16 @@ def _without_jwt(query: str) -> str:
     return "&".join(p for p in query.split("&") if p and not p.startswith("jwt="))
 
 
-def _refused(db: Database, integration_id: int, stamp: str, reason: str) -> None:
-    """A delivery refused at the door leaves no event row: count it and keep when and why
-    with the integration (for `im doctor`), in one transaction. ``reason`` is what the
-    answer says, never a secret."""
-    with write(db):
-        sync_state.count(db, integration_id, "inbound_failed")
-        sync_state.rejected(db, integration_id, stamp, reason)
+@dataclass(frozen=True)
+class Receipt:
+    """One delivery, checked: what ``record`` writes for it. Either an event row to store
+    (answered 202 with its id) or a refusal to count (``answer`` says why)."""
+
+    integration_id: int
+    stamp: str
+    answer: Answer
+    event: dict[str, Any] | None = None
+    refusal: str | None = None  # kept with the integration for `im doctor`, never a secret
 
 
 def receive(
@@ -88,15 +108,16 @@ def receive(
     integration: Mapping[str, Any],
     connector: Connector,
     request: WebhookRequest,
-) -> Answer:
-    """Verify one delivery with the integration's connector and store it. 401 when it is
-    not authentic, 400/422 when it is authentic but malformed, 202 otherwise (also for what
-    is then ignored). Raises DatabaseBusyError (the caller answers 503)."""
+    accepted: webhook_secrets.Accepted,
+) -> Receipt:
+    """Verify one delivery with the integration's connector: 401 when it is not authentic,
+    400/422 when it is authentic but malformed, 202 otherwise (also for what is then
+    ignored). Reads ``db``, writes nothing: ``record`` does, before the answer goes out."""
     now = clock.now()
     stamp = format_time(now)
     integration_id = integration["id"]
     # the current secret, and during a rotation's grace the one it replaced (SPEC §9)
-    secrets = webhook_secrets.accepted(db, integration, now)
+    secrets = accepted(db, integration, now)
     try:
         if not secrets:
             raise SignatureError(
@@ -109,38 +130,46 @@ def receive(
         except ValueError:  # also not UTF-8, nested too deep, a lone surrogate
             problem = "the body is not UTF-8 JSON"
     except SignatureError as exc:
-        _refused(db, integration_id, stamp, f"{NOT_AUTHENTIC}: {exc.message}")
-        return _error(401, "unauthenticated", exc.message)
+        refusal = f"{NOT_AUTHENTIC}: {exc.message}"
+        answer = _error(401, "unauthenticated", exc.message)
+        return Receipt(integration_id, stamp, answer, refusal=refusal)
     if problem:  # authentic, but not something the vendor would send
-        _refused(db, integration_id, stamp, f"{MALFORMED}: {problem}")
-        return _error(400 if "JSON" in problem else 422, "malformed", problem)
+        answer = _error(400 if "JSON" in problem else 422, "malformed", problem)
+        return Receipt(integration_id, stamp, answer, refusal=f"{MALFORMED}: {problem}")
     state, outcome = "received", None
     if not integration["enabled"]:
         state, outcome = "ignored", "the integration is disabled"
     elif not Direction(integration["direction"]).receives:
         state, outcome = "ignored", "the integration is outbound only"
     headers = {k: v for k, v in request.headers.items() if k not in SENSITIVE_HEADERS}
-    with write(db):
-        event_id = rows.store(
-            db,
-            {
-                "integration_id": integration_id,
-                "received_at": stamp,
-                "method": request.method,
-                "path": request.path,
-                "query": _without_jwt(request.query),
-                "headers": json.dumps(headers),
-                "body": request.body,
-                "state": state,
-                "outcome": outcome,
-                "next_attempt_at": stamp,
-            },
-        )
-        if state == "ignored":
-            sync_state.count(db, integration_id, "inbound_ignored")
-    return Answer(
-        202, {"status": "accepted" if state == "received" else "ignored", "event": event_id}
-    )
+    event = {
+        "integration_id": integration_id,
+        "received_at": stamp,
+        "method": request.method,
+        "path": request.path,
+        "query": _without_jwt(request.query),
+        "headers": json.dumps(headers),
+        "body": request.body,
+        "state": state,
+        "outcome": outcome,
+        "next_attempt_at": stamp,
+    }
+    status = "accepted" if state == "received" else "ignored"
+    return Receipt(integration_id, stamp, Answer(202, {"status": status}), event=event)
+
+
+def record(db: Database, receipt: Receipt) -> Answer:
+    """Write what receiving one delivery leaves, in the caller's write transaction: the
+    stored event (the answer then carries its id), or a refusal counted and kept with the
+    integration (a refused delivery leaves no event row)."""
+    if receipt.event is None:
+        sync_state.count(db, receipt.integration_id, "inbound_failed")
+        sync_state.rejected(db, receipt.integration_id, receipt.stamp, receipt.refusal or "")
+        return receipt.answer
+    event_id = rows.store(db, receipt.event)
+    if receipt.event["state"] == "ignored":
+        sync_state.count(db, receipt.integration_id, "inbound_ignored")
+    return Answer(202, {**receipt.answer.body, "event": event_id})
 
 
 @dataclass
@@ -239,6 +268,9 @@ class Applier:
                 try:
                     with write(self.db):  # a savepoint: a failed event leaves nothing behind
                         outcome = self._apply(integration, connector, event, record)
+                    # and the values the connector skipped (no mapping, SPEC §3): the event
+                    # says why they did not apply
+                    outcome.notes.extend(event.warnings)
                 except (StateError, ValidationError) as exc:
                     outcome = Outcome("failed", notes=[exc.message])
             self._settle(stored, integration, outcome, event)
@@ -387,11 +419,8 @@ class Applier:
                 )
                 link = links.by_external(self.db, integration["id"], event.external_id)
                 if link is None:  # the incident is linked to another record there already
-                    return Outcome(
-                        "ignored",
-                        ours,
-                        [f"a second record ({event.external_key}) for an incident linked there"],
-                    )
+                    second = f"a second record ({event.external_key}) for an incident linked there"
+                    return Outcome("ignored", ours, notes=[second])
             elif event.deleted:
                 return Outcome("ignored", notes=["a record that is not linked was deleted"])
             elif not direction.receives:
@@ -443,6 +472,7 @@ class Applier:
         outcome = Outcome("ignored", incident_id)
         echoed = False
         apply: dict[str, str] = {}
+        restore: set[str] = set()  # edits our own write went over: applied, then sent back
         for name, value in event.changes.items():
             if name not in SCALAR_FIELDS:
                 continue
@@ -458,8 +488,20 @@ class Applier:
                     )
                 continue
             if snapshot is not None and snapshot.version and event.version <= snapshot.version:
-                outcome.notes.append(f"{name}: stale (not newer than what was synced)")
-                continue
+                if not self._overwritten(integration["id"], incident_id, name, value, event):
+                    outcome.notes.append(f"{name}: stale (not newer than what was synced)")
+                    continue
+                # Not stale: our own write, on its way when this edit was made, went over it
+                # unseen (the edit landed between our read and our write). A concurrent
+                # change, never lost silently (SPEC §4, §6; found by tests/test_simulation.py)
+                winner = self._conflict(
+                    integration, incident_id, name, value, event, outcome, overwritten=True
+                )
+                refused = name == "status" and not _may_move(incident.status, value, outcome)
+                if winner == conflicts.EXTERNAL and not refused:
+                    apply[name] = value
+                    restore.add(name)
+                continue  # else our value stands there
             if connector.normalise(name, incident.value(name)) == value:
                 snapshots.put(
                     self.db, integration["id"], incident_id, {name: value}, event.version, stamp
@@ -531,8 +573,16 @@ class Applier:
                 self.db, self.clock, event.actor or source, str(incident_id), apply, source,
                 integration["id"],
             )  # fmt: skip
-            snapshots.put(self.db, integration["id"], incident_id, apply, event.version, stamp)
+            taken = {k: v for k, v in apply.items() if k not in restore}
+            snapshots.put(self.db, integration["id"], incident_id, taken, event.version, stamp)
             outcome.applied.extend(sorted(apply))
+        if restore & set(apply):
+            # the record holds our write, not the edit that won: it is sent back there (the
+            # snapshot stays what the record holds, so the send goes through)
+            outbound.queue_fields(
+                self.db, incidents.get(self.db, incident_id), integration["id"],
+                {k: apply[k] for k in sorted(restore & set(apply))}, stamp,
+            )  # fmt: skip
         if self._journals(integration, event, incident_id, outcome):
             echoed = True
         if outcome.applied:
@@ -549,9 +599,11 @@ class Applier:
         value: str,
         event: WebhookEvent,
         outcome: Outcome,
+        overwritten: bool = False,
     ) -> str | None:
         """Both sides changed the field since they last agreed: decide (SPEC §6), record, and
-        make the platform's value win on the integration's side when it wins."""
+        make the platform's value win on the integration's side when it wins (unless it is
+        there already: ``overwritten``, our write went over the external edit)."""
         incident = incidents.get(self.db, incident_id)
         platform = conflicts.platform_edit(self.db, incident, name, external.source(integration))
         theirs = conflicts.Edit(value, parse_time(event.event_time), event.actor)
@@ -565,11 +617,29 @@ class Applier:
             outcome.notes.append(f"{name}: conflict-{conflict_id}, {verdict.reason}")
         else:
             outcome.notes.append(f"{name}: {verdict.reason}")
-        if verdict.winner == conflicts.PLATFORM:
+        if verdict.winner == conflicts.PLATFORM and not overwritten:
             conflicts.push_platform_value(
                 self.db, incident_id, integration, name, value, event.version, stamp
             )
         return verdict.winner
+
+    def _overwritten(
+        self, integration_id: int, incident_id: int, name: str, value: str, event: WebhookEvent
+    ) -> bool:
+        """Whether an edit that looks stale (not newer than the snapshot) was in fact made
+        while our own write of the field was on its way, and went under it: a push of ours
+        of the value the snapshot holds, still standing (a send that saw the edit in its
+        read would have kept the field back and withdrawn it), began no later than the edit
+        and at most SENDING seconds before it (to the second: ServiceNow's times are whole
+        seconds)."""
+        if event.by_self or not event.event_time:
+            return False
+        snapshot = snapshots.for_pair(self.db, integration_id, incident_id).get(name)
+        if snapshot is None or snapshot.value == value:
+            return False
+        return rows.sending_at(
+            self.db, integration_id, incident_id, name, snapshot.value, event.event_time, SENDING
+        )
 
     def _journals(
         self,

@@ -149,6 +149,8 @@ class ScheduleRunner:
             return []
         now = self.clock.now()
         started: list[Future[None]] = []
+        if not rows.due_schedules(self._db, format_time(now)):
+            return started  # read first: an idle tick takes no write lock
         with write(self._db):
             due = rows.due_schedules(self._db, format_time(now))
             for schedule in due:
