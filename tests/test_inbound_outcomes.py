@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from im.store import meta
+from im.sync.inbound import Applier
 from tests.two_way import Two, new_incident
 
 
@@ -196,3 +197,24 @@ def test_a_second_record_of_a_linked_incident_is_ignored_saying_so(two: Two) -> 
     assert (event["state"], event["incident"]) == ("ignored", f"INC-{n}")
     assert event["outcome"] == f"a second record ({copy}) for an incident linked there"
     assert two.counters("prod-snow").get("inbound_success", 0) == 0
+
+
+def test_an_event_that_breaks_while_applying_still_says_what_it_was_about(
+    two: Two, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected fault rolls back the applying transaction, which also records what the
+    event is about; the failure must not leave `im integration events` blind to it."""
+    n = new_incident(two)
+    two.sync()
+    two.clock.advance(10)
+    agent_edit(two, "prod-jira", n)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("simulated fault")
+
+    monkeypatch.setattr(Applier, "_apply", broken)
+    two.deliver()
+    event = two.events("prod-jira")[0]
+    assert event["state"] == "failed"
+    assert event["outcome"] == "could not be applied (RuntimeError)"
+    assert (event["incident"], event["event_type"]) == (f"INC-{n}", "jira:issue_updated")

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from im.store import open_database
 from im.store import principals as bindings
+from im.store.db import FairLock
 from tests.conftest import Im
 
 
@@ -181,3 +183,42 @@ def test_two_inits_at_once_make_one_database(tmp_path: Path) -> None:
     assert len({r["install_id"] for r in reports}) == 1
     db = open_database(path)
     assert len(bindings.bindings(db)) == 1
+
+
+def test_writers_of_one_process_take_the_database_in_the_order_they_asked() -> None:
+    """The lock before BEGIN IMMEDIATE: a thread that writes again right after its commit
+    (the applier) queues behind the ones already waiting (the webhook writer), each waiter
+    gets it exactly once, and one that waits too long gives up (the busy timeout)."""
+    lock = FairLock()
+    assert lock.acquire(1) and lock.acquire(1)  # reentrant, as nested writes are
+    got: list[str] = []
+
+    def writer(name: str) -> None:
+        assert lock.acquire(5)
+        got.append(name)
+        lock.release()
+
+    waiting = []
+    for name in ("receiver", "dispatcher", "heartbeat"):
+        thread = threading.Thread(target=writer, args=(name,))
+        thread.start()
+        waiting.append(thread)
+        while len(lock._waiting) < len(waiting):  # queued behind the holder
+            time.sleep(0.001)
+    lock.release()
+    lock.release()
+    assert lock.acquire(5)  # the applier again: last in line
+    got.append("applier")
+    lock.release()
+    for thread in waiting:
+        thread.join()
+    assert got == ["receiver", "dispatcher", "heartbeat", "applier"]
+
+    lock.acquire(1)
+    gave_up: list[bool] = []
+    late = threading.Thread(target=lambda: gave_up.append(lock.acquire(0.05)))
+    late.start()
+    late.join()
+    lock.release()
+    assert gave_up == [False] and lock.acquire(0.05)  # nothing left behind by the one that gave up
+    lock.release()

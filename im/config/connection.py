@@ -5,6 +5,7 @@ This is the one place where secrets are unsealed for use; the connector keeps th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -200,13 +201,20 @@ class ConnectorCache:
         self._sleep = sleep
         self._concurrency = concurrency
         self._connectors: dict[int, tuple[str, Connector]] = {}
+        self._retired: list[tuple[float, Connector]] = []
 
     def get(self, integration: Mapping[str, Any]) -> Connector:
         cached = self._connectors.get(integration["id"])
         if cached is not None and cached[0] == integration["updated_at"]:
             return cached[1]
         if cached is not None:
-            cached[1].close()
+            # closed later, not now: a sender thread may still be using it (the daemon claims
+            # while earlier rows are being sent); no send outlives a minute
+            now = time.monotonic()
+            for retired_at, old in [r for r in self._retired if now - r[0] > 60]:
+                old.close()
+                self._retired.remove((retired_at, old))
+            self._retired.append((now, cached[1]))
         transport = self._transport_for(integration) if self._transport_for else None
         connector = open_connector(
             self._db, integration, transport=transport, sleep=self._sleep,
@@ -222,4 +230,7 @@ class ConnectorCache:
     def close(self) -> None:
         for _, connector in self._connectors.values():
             connector.close()
+        for _, connector in self._retired:
+            connector.close()
         self._connectors.clear()
+        self._retired.clear()

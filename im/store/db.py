@@ -34,40 +34,50 @@ DEFAULT_BUSY_TIMEOUT = 5.0
 
 
 class FairLock:
-    """A reentrant lock taken in the order it was asked for. ``threading.RLock`` lets the
-    thread that releases it take it straight back: the applier, writing event after event,
-    then kept the webhook receiver's writer waiting for its whole batch."""
+    """A reentrant lock handed to the threads that ask for it in the order they asked.
+    ``threading.RLock`` lets the thread that releases it take it straight back: the
+    applier, writing event after event, then kept the webhook receiver's writer waiting for
+    its whole batch. Each waiter parks on a gate of its own, and a release opens exactly
+    the next one (waking every waiter on each release cost more than the transactions)."""
 
     def __init__(self) -> None:
-        self._state = threading.Condition(threading.Lock())
+        self._guard = threading.Lock()
         self._owner: int | None = None
         self._depth = 0
-        self._waiting: collections.deque[object] = collections.deque()
+        self._waiting: collections.deque[tuple[int, threading.Lock]] = collections.deque()
 
     def acquire(self, timeout: float) -> bool:
         me = threading.get_ident()
-        with self._state:
+        with self._guard:
             if self._owner == me:
                 self._depth += 1
                 return True
-            ticket = object()
-            self._waiting.append(ticket)
-            if not self._state.wait_for(
-                lambda: self._owner is None and self._waiting[0] is ticket, timeout
-            ):
-                self._waiting.remove(ticket)
-                self._state.notify_all()  # the next in line may be free to go now
-                return False
-            self._waiting.popleft()
-            self._owner, self._depth = me, 1
-            return True
+            if self._owner is None and not self._waiting:
+                self._owner, self._depth = me, 1
+                return True
+            gate = threading.Lock()
+            gate.acquire()
+            entry = (me, gate)
+            self._waiting.append(entry)
+        if gate.acquire(timeout=timeout):
+            return True  # handed over: release made us the owner
+        with self._guard:
+            if self._owner == me:  # handed over just as the wait ran out
+                return True
+            self._waiting.remove(entry)
+            return False
 
     def release(self) -> None:
-        with self._state:
+        with self._guard:
             self._depth -= 1
-            if self._depth == 0:
+            if self._depth:
+                return
+            if self._waiting:
+                self._owner, gate = self._waiting.popleft()
+                self._depth = 1
+                gate.release()
+            else:
                 self._owner = None
-                self._state.notify_all()
 
 
 # one lock per database file, for the writers of this process (reentrant: a thread that

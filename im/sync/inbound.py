@@ -56,6 +56,7 @@ SENSITIVE_HEADERS = frozenset(
     {"authorization", "cookie", "webhook-signature", "x-hub-signature", "x-pagerduty-signature"}
 )
 BATCH = 50
+IDENTITY = ("event_type", "external_id", "incident_id")  # what _identify records on an event
 # how long one send (a read, the writes, the read back) may take: an edit made at most this
 # long after one of our writes began may have gone under it
 SENDING = 30.0
@@ -216,8 +217,10 @@ class Applier:
         span = telemetry.current()
         span.set(outcome="failed")
         span.fail(outcome)
+        # what it was about, when known: its identifying write was rolled back with it
+        about = {k: stored[k] for k in IDENTITY if stored.get(k) is not None}
         with write(self.db):
-            rows.settle(self.db, stored["id"], {"state": "failed", "outcome": outcome})
+            rows.settle(self.db, stored["id"], {"state": "failed", "outcome": outcome, **about})
             sync_state.count(self.db, stored["integration_id"], "inbound_failed")
 
     def purge(self) -> int:
@@ -243,11 +246,12 @@ class Applier:
         try:
             connector = self._cache.get(integration)
             event = connector.parse_webhook(request)
-            if event is not None:
-                # known from here on, whatever then happens to the event (retried, failed,
-                # crashed): `im incident history`, `im integration events` and the span say it
+            fetch = event is not None and self._needs_record(integration, event)
+            if event is not None and fetch:
+                # known before the fetch, whatever then happens to the event (retried,
+                # failed): `im incident history`, `im integration events` and the span say it
                 self._identify(stored, integration, event)
-            record = self._record_if_needed(connector, integration, event)
+            record = connector.get(event.external_id) if event is not None and fetch else None
         except MalformedEventError as exc:
             self._settle(stored, integration, Outcome("failed", notes=[exc.message]))
             return True
@@ -261,6 +265,8 @@ class Applier:
             self._settle(stored, integration, outcome)
             return True
         with write(self.db):
+            if not fetch:  # in the applying transaction: one commit per event, not two
+                self._identify(stored, integration, event)
             stamp = format_time(self.clock.now())
             if not rows.seen(self.db, integration["id"], event.delivery_id, stored["id"], stamp):
                 outcome = Outcome("duplicate", notes=["this delivery was already received"])
@@ -302,18 +308,14 @@ class Applier:
             incident_id=incident_display_id(incident_id) if incident_id else None,
         )
 
-    def _record_if_needed(
-        self, connector: Connector, integration: Mapping[str, Any], event: WebhookEvent | None
-    ) -> ExternalRecord | None:
-        """The full external record, fetched before the transaction, when the event is about
-        a record we have no link for and it may become a platform incident."""
-        if event is None or event.deleted or event.created:
-            return None
+    def _needs_record(self, integration: Mapping[str, Any], event: WebhookEvent) -> bool:
+        """Whether the full external record must be fetched before the transaction: the
+        event is about a record we have no link for, and it may become a platform incident."""
+        if event.deleted or event.created:
+            return False
         if links.by_external(self.db, integration["id"], event.external_id) is not None:
-            return None
-        if self._ours(event) is not None:
-            return None
-        return connector.get(event.external_id)
+            return False
+        return self._ours(event) is None
 
     def _ours(self, event: WebhookEvent, record: ExternalRecord | None = None) -> int | None:
         """The incident number when the event's correlation key is this install's. An event
