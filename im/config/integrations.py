@@ -501,8 +501,13 @@ def previous_webhook_secret_until(db: Database, integration_id: int, now: dateti
     """Until when the webhook secret a rotation replaced is still accepted; None when no
     rotation is in progress at ``now`` (none was kept, or its grace has ended)."""
     until = rows.secret_expires_at(db, integration_id, PREVIOUS_WEBHOOK_SECRET)
-    # stored times sort in time order: it counts while now < expires_at
-    return until if until is not None and format_time(now) < until else None
+    return until if in_grace(until, now) else None
+
+
+def in_grace(until: str | None, now: datetime) -> bool:
+    """Whether a replaced webhook secret that is accepted until ``until`` still is at
+    ``now`` (stored times sort in time order: it counts while now < expires_at)."""
+    return until is not None and format_time(now) < until
 
 
 def view(db: Database, integration: Mapping[str, Any], now: datetime) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from im.config.integrations import (
     WEBHOOK_SECRET,
     check_secret,
     find,
+    in_grace,
     master_key,
     parse_duration,
     previous_webhook_secret_until,
@@ -83,8 +84,7 @@ class Accepted:
             if name not in stored:
                 continue
             sealed, until = stored[name]
-            # stored times sort in time order: the previous one counts while now < expires_at
-            if name == PREVIOUS_WEBHOOK_SECRET and (until is None or format_time(now) >= until):
+            if name == PREVIOUS_WEBHOOK_SECRET and not in_grace(until, now):
                 continue
             kept = self._opened.get((integration["id"], name))
             if kept is None or kept[0] != sealed:

@@ -195,17 +195,36 @@ def write(db: Database) -> Iterator[Database]:
             lock.release()
 
 
+def _stored(value: Any) -> Any:
+    """A value as a column holds it: lists and dicts as JSON (as sqlite-utils stores them)."""
+    return json.dumps(value) if isinstance(value, dict | list | tuple) else value
+
+
 def insert_row(db: Database, table: str, values: dict[str, Any]) -> int:
     """Insert one row (inside the caller's write transaction) and return its id. Lists and
     dicts are stored as JSON. One prepared statement: on the webhook path, sqlite-utils'
     ``insert`` (which inspects the table first) cost a quarter of receiving a delivery."""
     columns = ", ".join(f"[{name}]" for name in values)
     marks = ", ".join("?" for _ in values)
-    params = [json.dumps(v) if isinstance(v, dict | list | tuple) else v for v in values.values()]
+    params = [_stored(v) for v in values.values()]
     cursor = db.execute(f"INSERT INTO [{table}] ({columns}) VALUES ({marks})", params)
     if cursor.lastrowid is None:
         raise DatabaseError(f"inserting into {table} returned no id")
     return int(cursor.lastrowid)
+
+
+def update_row(db: Database, table: str, row_id: int, values: dict[str, Any]) -> None:
+    """Set columns of the row with this id (inside the caller's write transaction). Raises
+    DatabaseError when there is no such row. One statement, for the same reason as
+    ``insert_row``: sqlite-utils' ``update`` reads the table's shape and the row first."""
+    if values:
+        sets = ", ".join(f"[{name}] = ?" for name in values)
+        params = [*(_stored(v) for v in values.values()), row_id]
+        found = db.execute(f"UPDATE [{table}] SET {sets} WHERE id = ?", params).rowcount
+    else:
+        found = len(db.execute(f"SELECT 1 FROM [{table}] WHERE id = ?", [row_id]).fetchall())
+    if found != 1:
+        raise DatabaseError(f"no row {row_id} in {table} to update")
 
 
 def busy_error(db: Database, exc: sqlite3.OperationalError) -> DatabaseError:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from im.model import Incident
-from im.store.db import insert_row
+from im.store.db import insert_row, update_row
 
 _COLUMNS = (
     "id, title, description, severity, priority, status, assigned_to, escalation_policy, "
@@ -33,7 +33,7 @@ def insert(db: Database, values: dict[str, Any]) -> int:
 
 
 def update(db: Database, incident_id: int, values: dict[str, Any]) -> None:
-    db.table("incidents").update(incident_id, values)
+    update_row(db, "incidents", incident_id, values)
 
 
 def select(db: Database, limit: int | None, status: str | None) -> list[Incident]:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from im.model import Override, Owner, Rule
-from im.store.db import insert_row
+from im.store.db import insert_row, update_row
 
 COLUMNS = (
     "id, name, type, url, enabled, direction, conflict_strategy, conflict_window, rate_limit, "
@@ -58,7 +58,7 @@ def insert(db: Database, row: dict[str, Any]) -> int:
 
 def update(db: Database, integration_id: int, changes: dict[str, Any]) -> None:
     if changes:
-        db.table("integrations").update(integration_id, _encode(changes))
+        update_row(db, "integrations", integration_id, _encode(changes))
 
 
 def delete(db: Database, integration_id: int) -> None:

@@ -228,7 +228,10 @@ class Dispatcher:
                         taken = self._in_flight.get(job.integration["id"], 0)
                         self._in_flight[job.integration["id"]] = taken + 1
             for integration_id, used in budget.items():
-                rate = self._rate(integration_id)
+                # only integrations found, with a --rate-limit, use any budget (_within_pace)
+                paced_one = found[integration_id]
+                assert paced_one is not None
+                rate = float(paced_one["rate_limit"])
                 if rate:
                     sync_state.pace(
                         self.db, integration_id, format_time(now + timedelta(seconds=used / rate))
@@ -248,10 +251,6 @@ class Dispatcher:
         if self._block_reasons.get(integration["id"]) != message:
             self._block_reasons[integration["id"]] = message
             self._log("outbound.blocked", {"integration": integration["name"], "error": message})
-
-    def _rate(self, integration_id: int) -> float | None:
-        row = integration_rows.find(self.db, str(integration_id))
-        return float(row["rate_limit"]) if row and row["rate_limit"] else None
 
     def _within_pace(self, integration: Mapping[str, Any], budget: dict[int, int]) -> bool:
         """--rate-limit N/s: at most N rows per second, claimed up to a second ahead."""
