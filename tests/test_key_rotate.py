@@ -200,10 +200,10 @@ def test_a_second_rotation_at_the_same_time_is_refused(three: Im) -> None:
     def refusal() -> Any:
         raise AssertionError("the test holds the lock first")
 
-    with locks.exclusive(secrets.rotation_lock_path(), refusal):
+    with locks.exclusive(secrets.key_lock_path(), refusal):
         result = three("key", "rotate")
     assert result.exit_code == 3
-    assert "another `im key rotate` is running" in result.stderr
+    assert "another im process is making or rotating the master key" in result.stderr
     assert opened(three.db_path) == EXPECTED
 
 

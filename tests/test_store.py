@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from im.store import open_database
+from im.store import locks, open_database
 from im.store import principals as bindings
 from im.store.db import FairLock
 from tests.conftest import Im
@@ -183,6 +183,30 @@ def test_two_inits_at_once_make_one_database(tmp_path: Path) -> None:
     assert len({r["install_id"] for r in reports}) == 1
     db = open_database(path)
     assert len(bindings.bindings(db)) == 1
+
+
+def test_init_fills_a_database_another_init_made_but_has_not_filled_yet(im: Im) -> None:
+    # What a second `im init` sees between the first one's switch to WAL and its commit.
+    conn = sqlite3.connect(im.db_path)
+    assert conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+    conn.close()
+    assert im.db_path.stat().st_size > 0
+    assert '"created": true' in im.ok("init", "--format", "json")
+    assert [(b["principal"], b["role"]) for b in bindings.bindings(im.db())] == [
+        ("alice", "platform.administrator")
+    ]
+
+
+def test_init_waits_for_another_process_making_the_master_key(im: Im, tmp_path: Path) -> None:
+    # Two inits each making a key would seal one database with a key that was replaced.
+    with locks.key_store():
+        result = im("init", env={"IM_BUSY_TIMEOUT": "0.2"})
+    assert result.exit_code == 3
+    assert result.stderr == (
+        "error: another im process is making or rotating the master key (wait for it to finish)\n"
+    )
+    assert not im.db_path.exists()
+    assert not (tmp_path / "config" / "im" / "master.key").exists()
 
 
 def test_writers_of_one_process_take_the_database_in_the_order_they_asked() -> None:

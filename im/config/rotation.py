@@ -18,21 +18,19 @@ $IM_NEW_MASTER_KEY and sets it as $IM_MASTER_KEY afterwards.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 
 from sqlite_utils import Database
 
 from im.config.integrations import master_key, secret_owner
-from im.errors import InProgressError, SecretError, StateError
+from im.errors import SecretError, StateError
 from im.security.secrets import (
     NEW_ENV_VAR,
     MasterKey,
     discard_staged,
     promote_key,
     replacement,
-    rotation_lock_path,
     seal,
     stage_key,
     unseal,
@@ -64,7 +62,7 @@ def rotate(db: Database) -> Rotation:
     if current.source == "env":
         # nothing to store, so nothing to stage or lock: the transaction is the whole change
         return _reseal(db, current, replacement(current), f"${NEW_ENV_VAR}")
-    with _rotation_lock():
+    with locks.key_store():
         current = master_key(db)  # again: another rotation may have finished since
         if current.staged:
             # An earlier rotation committed but did not move its key: finish that first, or
@@ -89,20 +87,6 @@ def rotate(db: Database) -> Rotation:
                 "im finds it where it is; run `im key rotate` again to finish the move",
             ) from None
         return done
-
-
-@contextmanager
-def _rotation_lock() -> Iterator[None]:
-    # The key store is per user and shared by every database of that user: two rotations
-    # at once would stage over each other's key.
-    path = rotation_lock_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-    def refusal() -> InProgressError:
-        return InProgressError("another `im key rotate` is running", "wait for it to finish")
-
-    with locks.exclusive(path, refusal):
-        yield
 
 
 def _reseal(db: Database, current: MasterKey, new: MasterKey, location: str) -> Rotation:

@@ -70,8 +70,9 @@ def staging_file_path() -> Path:
     return key_file_path().with_name("master.key.next")
 
 
-def rotation_lock_path() -> Path:
-    """The lock one rotation holds: the key store is per user, shared by every database."""
+def key_lock_path() -> Path:
+    """The lock held while the key is made or rotated: the key store is per user, shared by
+    every database."""
     return key_file_path().with_name("master.key.lock")
 
 

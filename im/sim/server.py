@@ -24,11 +24,32 @@ from im.sim.core import Simulator
 DELIVERY_INTERVAL = 0.05
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
+    """A port nothing listens on now, for a server started later (a daemon process). Never
+    the same one twice in this process, and never one a simulator serves from meanwhile."""
+    with _bound_socket(host) as sock:
         port: int = sock.getsockname()[1]
+        _HANDED_OUT.add(port)
         return port
+
+
+def _bound_socket(host: str) -> socket.socket:
+    """A socket bound to a free port that free_port has not handed out: the kernel may give
+    a just-closed port again, and the daemon it was handed to may not be listening yet."""
+    passed: list[socket.socket] = []  # held open meanwhile, so the kernel picks another
+    try:
+        while True:
+            sock = socket.socket()
+            sock.bind((host, 0))
+            if sock.getsockname()[1] not in _HANDED_OUT:
+                return sock
+            passed.append(sock)
+    finally:
+        for sock in passed:
+            sock.close()
 
 
 def self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
@@ -147,21 +168,25 @@ def serve_in_thread(
     sim: Simulator, *, tls_dir: Path | None = None, host: str = "127.0.0.1"
 ) -> Iterator[Served]:
     """Serve ``sim`` on a free loopback port until the block ends (tests, the demo)."""
-    port = free_port(host)
     cert = key = None
     if tls_dir is not None:
         cert, key = self_signed_certificate(tls_dir, host)
+    sock = _bound_socket(host)  # held from the moment it is chosen
+    port = sock.getsockname()[1]
     server = uvicorn.Server(config(sim, host, port, cert, key))
-    thread = threading.Thread(target=server.run, name=f"sim-{sim.kind}", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"sim-{sim.kind}", daemon=True
+    )
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the {sim.kind} simulator did not start")
-        time.sleep(0.01)
     scheme = "https" if cert else "http"
     try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the {sim.kind} simulator did not start")
+            time.sleep(0.01)
         yield Served(f"{scheme}://{host}:{port}", cert)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()

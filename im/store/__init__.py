@@ -15,8 +15,8 @@ from im.clock import Clock, format_time
 from im.errors import DatabaseError
 from im.model import Role
 from im.security.secrets import MasterKey, new_database_key
-from im.store import audit, meta, principals, schema
-from im.store.db import connect, create_file, database_path, enable_wal, write
+from im.store import audit, locks, meta, principals, schema
+from im.store.db import busy_timeout, connect, create_file, database_path, enable_wal, write
 
 __all__ = ["InitResult", "database_path", "initialise", "open_database", "write"]
 
@@ -55,7 +55,9 @@ def initialise(path: Path, clock: Clock, principal: str) -> InitResult:
     Only a new database makes ``principal`` an administrator. Nothing is left behind when
     creation fails. Raises DatabaseError, SecretError.
     """
-    if path.exists() and path.stat().st_size > 0:
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise DatabaseError(f"{path} is not a regular file", "pass --db with a file path")
+    if path.exists() and _has_tables(path):
         db = open_database(path)
         return InitResult(
             db,
@@ -66,24 +68,26 @@ def initialise(path: Path, clock: Clock, principal: str) -> InitResult:
             meta.require(db, "key_id"),
             None,
         )
-    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-        raise DatabaseError(f"{path} is not a regular file", "pass --db with a file path")
-    key = new_database_key()  # before the file exists: a key error leaves nothing behind
+    with locks.key_store(wait=busy_timeout()):
+        key = new_database_key()  # before the file exists: a key error leaves nothing behind
     made = False
     try:
         create_file(path)
         made = True
     except FileExistsError:
-        os.chmod(path, 0o600)  # an empty file (e.g. from mktemp) is ours to fill, privately
+        pass  # empty (e.g. from mktemp), or another `im init` is filling it: see _populate
     except OSError as exc:
         raise DatabaseError(f"cannot create the database {path}: {exc.strerror}") from None
     try:
+        if not made:
+            os.chmod(path, 0o600)  # ours to fill, privately
         db = connect(path)
         enable_wal(db)
         if not _populate(db, key, clock, principal):
             return initialise(path, clock, principal)  # another `im init` got there first
     except BaseException:
-        _remove(path, made)
+        if made:
+            _remove(path)
         raise
     install_id = meta.require(db, "install_id")
     return InitResult(db, path, True, install_id, recorded_source(key), key.key_id, principal)
@@ -122,7 +126,18 @@ def recorded_source(key: MasterKey) -> str:
     return key.location if key.source == "file" else key.source
 
 
-def _remove(path: Path, made: bool) -> None:
-    """Undo a failed init: SQLite's side files, and the database only if we created it."""
-    for suffix in ("-wal", "-shm", "-journal", *([""] if made else [])):
+def _has_tables(path: Path) -> bool:
+    """Whether the file holds a database already. A file with none is ours to fill: empty,
+    or made by another `im init` that has not committed yet (it waits in _populate)."""
+    db = connect(path)
+    try:
+        return bool(db.table_names())
+    finally:
+        db.close()
+
+
+def _remove(path: Path) -> None:
+    """Undo a failed init of a file we created. A file that was there before is left as it
+    was found, side files too: another `im init` may be filling it."""
+    for suffix in ("-wal", "-shm", "-journal", ""):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
