@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -365,3 +365,61 @@ def test_daemon_options_that_cannot_work_are_refused_before_it_starts(
     bad_host = live("daemon", "--host", "999.1.1.1", "--port", str(free_port()))
     assert bad_host.exit_code == 2 and "--host" in bad_host.stderr
     assert live("daemon", "--public-url", "http://a b").exit_code == 2
+
+
+def engine_of(daemon: subprocess.Popen[str]) -> int:
+    """The pid of the daemon's engine process (Linux: /proc lists a process's children)."""
+    children = [
+        int(pid)
+        for task in Path(f"/proc/{daemon.pid}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    assert len(children) == 1, children
+    return children[0]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its parent's wait is missing
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not after {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_engine_is_started_again_when_it_dies_and_dies_with_the_daemon(
+    live: Live, db_path: Path, served: dict[str, tuple[Simulator, Served]]
+) -> None:
+    create_integrations(live, served)
+    port = free_port()
+    log = db_path.parent / "daemon.log"
+    daemon = start_daemon(db_path, port, "--log-file", str(log))
+    try:
+        first = engine_of(daemon)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: "event=engine.restarting" in log.read_text(), "the daemon says so")
+        assert "exit_code=-9" in log.read_text()
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200,
+            "ready again",
+        )
+        second = engine_of(daemon)
+        assert second != first
+        live.ok("incident", "create", "--title", "sent by the new engine")
+        wait_until_sent(db_path)
+        daemon.kill()
+        daemon.wait()
+        wait_for(lambda: not alive(second), "the engine gone with the daemon")
+    finally:
+        if daemon.poll() is None:
+            stop(daemon)
+    for sim, _ in served.values():
+        assert sim.record_count() == 1

@@ -1,6 +1,7 @@
-"""APScheduler ticks: the dispatcher about every 100 ms, the heartbeat and the reconcile
-schedules every second, the dedupe purge hourly (the inbound applier runs on its own thread,
-woken by each stored delivery and at least every tick). The outbox row's
+"""APScheduler ticks: in the engine process, the dispatcher about every 100 ms (and at once
+on a wake-up), the reconcile schedules every second and the dedupe purge hourly (the inbound
+applier runs on its own thread, woken by each stored delivery and at least every tick); in
+the daemon's own process, the heartbeat every second. The outbox row's
 ``next_attempt_at`` (and the stored event's, and a schedule's ``next_run_at``) is the only
 source of truth: there is no job per row or per schedule, so a restart loses nothing and a
 changed schedule needs no restart."""

@@ -20,8 +20,9 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,18 +85,40 @@ class FairLock:
 # writes through a second connection while in a transaction meets the busy timeout, as
 # before, rather than a deadlock)
 _FILE_LOCKS: dict[str, FairLock] = {}
-# per connection: its file's lock and the busy timeout it was opened with
-_DATABASE_LOCKS: weakref.WeakKeyDictionary[Database, tuple[FairLock, float]] = (
-    weakref.WeakKeyDictionary()
-)
+
+
+@dataclass
+class _Opened:
+    """What write() knows of a connection: its file, that file's lock, the busy timeout it
+    was opened with, and what to do once the current transaction commits."""
+
+    path: Path
+    lock: FairLock
+    timeout: float
+    after_commit: dict[str, Callable[[Path], None]] = field(default_factory=dict)
+
+
+_OPENED: weakref.WeakKeyDictionary[Database, _Opened] = weakref.WeakKeyDictionary()
 _GUARD = threading.Lock()
 
 
 def _file_lock(db: Database, path: Path) -> Database:
     with _GUARD:
         lock = _FILE_LOCKS.setdefault(os.path.realpath(path), FairLock())
-        _DATABASE_LOCKS[db] = (lock, busy_timeout())
+        _OPENED[db] = _Opened(path, lock, busy_timeout())
     return db
+
+
+def after_commit(db: Database, name: str, action: Callable[[Path], None]) -> None:
+    """Call ``action(database file)`` once the write transaction under way commits (once per
+    ``name`` however often asked); never if it rolls back. Outside a transaction, at once."""
+    opened = _OPENED.get(db)
+    if opened is None:
+        return
+    if not db.conn.in_transaction:
+        action(opened.path)
+        return
+    opened.after_commit[name] = action
 
 
 def database_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -172,9 +195,10 @@ def write(db: Database) -> Iterator[Database]:
         with db.atomic():
             yield db
         return
-    lock, timeout = _DATABASE_LOCKS.get(db) or (None, 0.0)
-    if lock is not None and not lock.acquire(timeout):
+    opened = _OPENED.get(db)
+    if opened is not None and not opened.lock.acquire(opened.timeout):
         raise busy_error(db, sqlite3.OperationalError("database is locked"))
+    actions: dict[str, Callable[[Path], None]] = {}
     try:
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -190,9 +214,15 @@ def write(db: Database) -> Iterator[Database]:
         except sqlite3.OperationalError as exc:
             db.rollback()
             raise busy_error(db, exc) from None
+        if opened is not None:
+            actions = opened.after_commit
     finally:
-        if lock is not None:
-            lock.release()
+        if opened is not None:
+            opened.after_commit = {}
+            opened.lock.release()
+    for action in actions.values():
+        assert opened is not None
+        action(opened.path)
 
 
 def _stored(value: Any) -> Any:

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from im.store import dead_letters
-from im.store.db import insert_row
+from im.store import dead_letters, wake
+from im.store.db import after_commit, insert_row
 from im.store.integrations import CREDENTIAL_SECRETS
 
 LIVE_STATES = ("pending", "in_flight", "in_doubt")
@@ -56,7 +56,9 @@ def insert(db: Database, row: dict[str, Any]) -> int:
         fields=json.dumps(row["fields"], sort_keys=True),
         journal=json.dumps(row["journal"]),
     )
-    return insert_row(db, "outbox", values)
+    row_id = insert_row(db, "outbox", values)
+    after_commit(db, "wake the dispatcher", lambda path: wake.poke(path, wake.DISPATCH))
+    return row_id
 
 
 def merge(
