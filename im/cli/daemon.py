@@ -52,8 +52,9 @@ def daemon(
     """Run the sync service in the foreground: send queued changes with retries, serve the
     HTTP endpoints, and stop cleanly on Ctrl-C or SIGTERM.
 
-    One daemon per database; a second one exits at once saying which is running. Log lines
-    are logfmt on stderr (and --log-file).
+    One daemon per database; a second one exits at once saying which is running. Sending,
+    applying and scheduled reconciles run in a child process (the engine), started again
+    if it dies and killed with the daemon. Log lines are logfmt on stderr (and --log-file).
     """
     import ipaddress
 
