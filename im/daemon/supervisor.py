@@ -65,23 +65,31 @@ class EngineProcess:
         # Started from this thread, which lives as long as the daemon: on Linux the kernel
         # ties the engine's life to the thread that started it.
         while not self._stopping.is_set():
-            status, ours = os.pipe()
-            with self._lock:
-                if self._stopping.is_set():
-                    os.close(status)
-                    os.close(ours)
-                    return
-                command = [*self._command, str(ours)]
-                if self._log_file is not None:
-                    command.append(str(self._log_file))
-                process = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=(ours,))
-                self._process = process
-            os.close(ours)
-            with os.fdopen(status, "rb", buffering=0) as said:
-                while said.read(64):  # a byte each second or so while the dispatcher steps
-                    self._last_step = time.monotonic()
-            code = process.wait()
+            try:
+                code: int | str = self._run_once()
+            except OSError as exc:  # no process could be made (fds, memory): try again
+                code = exc.strerror or str(exc)
             self._last_step = None
             if self._stopping.wait(RESTART_DELAY):
                 return
             logs.event(self._logger, "engine.restarting", {"exit_code": code}, logging.ERROR)
+
+    def _run_once(self) -> int:
+        """Start the engine and follow it until it exits; its exit code."""
+        status, ours = os.pipe()
+        said = os.fdopen(status, "rb", buffering=0)
+        with said:
+            try:
+                with self._lock:
+                    if self._stopping.is_set():
+                        return 0
+                    command = [*self._command, str(ours)]
+                    if self._log_file is not None:
+                        command.append(str(self._log_file))
+                    process = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=(ours,))
+                    self._process = process
+            finally:
+                os.close(ours)  # the engine holds the only writing end: its exit ends the read
+            while said.read(64):  # a byte each second or so while the dispatcher steps
+                self._last_step = time.monotonic()
+        return process.wait()

@@ -13,6 +13,7 @@ limit). Elsewhere there is no socket, and the ticks alone drive the engine.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import socket
@@ -27,21 +28,35 @@ APPLY = b"a"  # webhook deliveries were stored
 
 def address(db_path: Path | str) -> bytes | None:
     """The engine's socket for the database at ``db_path``; None where there is none."""
+    return _address(str(db_path))
+
+
+@functools.lru_cache(maxsize=64)
+def _address(db_path: str) -> bytes | None:
     if not sys.platform.startswith("linux"):
         return None
     digest = hashlib.sha256(os.path.realpath(db_path).encode()).hexdigest()[:32]
     return b"\0im-engine-" + digest.encode()
 
 
+_sender: socket.socket | None = None
+_sender_guard = threading.Lock()
+
+
 def poke(db_path: Path | str, what: bytes) -> None:
     """Tell the engine of this database to look now. Never fails: with no engine listening
     (no daemon, or its buffer full) the next tick finds the work."""
+    global _sender
     target = address(db_path)
     if target is None:
         return
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        sock.sendto(what, target)
+    with _sender_guard:
+        if _sender is None:  # one socket for the process: a new one for each poke cost
+            _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # more than the send
+            _sender.setblocking(False)
+        sender = _sender
+    with contextlib.suppress(OSError):
+        sender.sendto(what, target)
 
 
 class Listener:
