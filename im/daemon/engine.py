@@ -71,19 +71,16 @@ class Engine:
         """Take back every lease (only one engine runs per database: ``main`` holds its lock,
         so their owner is gone), then start the work."""
         log = self._log
-        db = open_database(self.db_path)
-        try:
-            with write(db):
-                taken_back = outbox_rows.reap(db, format_time(self.clock.now()), every=True)
-        finally:
-            db.close()
-        log("engine.started", {"pid": os.getpid(), "leases_taken_back": taken_back}, False)
         self._dispatcher = Dispatcher(
             open_database(self.db_path),
             self.clock,
             parallel=True,
             log=lambda name, fields: log(name, fields, "failed" in name),
         )
+        db = self._dispatcher.db
+        with write(db):
+            taken_back = outbox_rows.reap(db, format_time(self.clock.now()), every=True)
+        log("engine.started", {"pid": os.getpid(), "leases_taken_back": taken_back}, False)
         self._applier = Applier(open_database(self.db_path), self.clock)
         self._schedules = ScheduleRunner(
             self.db_path, self.clock, log=lambda name, fields: log(name, fields, "error" in name)
@@ -139,17 +136,14 @@ class Engine:
         leaves it to step once more, so no wake-up is lost to a step that began before its
         row was committed."""
         self._dispatch_again.set()
-        while not self._stop.is_set():
+        while self._dispatch_again.is_set() and not self._stop.is_set():
             if not self._dispatch_lock.acquire(blocking=False):
-                return
+                return  # the step under way sees the flag and runs once more
             try:
-                while self._dispatch_again.is_set() and not self._stop.is_set():
-                    self._dispatch_again.clear()
-                    self._guarded("dispatch", self._dispatcher.step)
+                self._dispatch_again.clear()
+                self._guarded("dispatch", self._dispatcher.step)
             finally:
                 self._dispatch_lock.release()
-            if not self._dispatch_again.is_set():
-                break
         now = time.monotonic()
         if now - self._last_told >= STEPPED_EVERY:
             self._last_told = now

@@ -81,7 +81,6 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.logger = logging.getLogger(logs.LOGGER)
         self._scheduler: Any = None
-        self._engine: EngineProcess | None = None
 
     def run(self) -> None:
         """Serve until SIGINT / SIGTERM. Raises ImError for a database, lock or port problem."""
@@ -136,23 +135,25 @@ class Daemon:
         from im.daemon.server import Server
         from im.daemon.webhooks import WebhookReceiver
 
-        db_path = self.options.db_path
+        options = self.options
+        db_path = options.db_path
         self._receiver = WebhookReceiver(
             db_path, self.clock, stored=lambda: wake.poke(db_path, wake.APPLY)
         )
-        api = create_api(self.options.db_path, self.clock)
-        metrics = MetricsEndpoint(self.options.db_path, self.clock, self.options.loopback)
+        self._engine = EngineProcess(db_path, options.log_level, options.log_file, self.logger)
+        api = create_api(db_path, self.clock)
+        metrics = MetricsEndpoint(db_path, self.clock, options.loopback)
         app = create_app(self._ready, self._lifespan, self._receiver.handle, api, metrics.handle)
         server = Server(
             uvicorn.Config(
                 app,
-                host=self.options.host,
-                port=self.options.port,
+                host=options.host,
+                port=options.port,
                 log_level="warning",
                 access_log=False,
                 lifespan="on",
-                ssl_certfile=str(self.options.tls_cert) if self.options.tls_cert else None,
-                ssl_keyfile=str(self.options.tls_key) if self.options.tls_key else None,
+                ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
+                ssl_keyfile=str(options.tls_key) if options.tls_key else None,
             )
         )
         server.run()
@@ -166,19 +167,14 @@ class Daemon:
             self._stop_work()
 
     def _start_work(self) -> None:
-        options = self.options
-        self._heartbeat_db = open_database(options.db_path)
-        self._engine = EngineProcess(
-            options.db_path, options.log_level, options.log_file, self.logger
-        )
+        self._heartbeat_db = open_database(self.options.db_path)
         self._engine.start()
         self._scheduler = scheduler.start(
             {"heartbeat": (self._beat, daemon_rows.HEARTBEAT_SECONDS)}
         )
 
     def _stop_work(self) -> None:
-        if self._engine is not None:
-            self._engine.stop(ENGINE_STOP_SECONDS)  # the rows being sent finish
+        self._engine.stop(ENGINE_STOP_SECONDS)  # the rows being sent finish
         self._scheduler.shutdown(wait=True)
         self._receiver.close()
         with write(self._heartbeat_db):
@@ -194,6 +190,4 @@ class Daemon:
             logs.event(self.logger, "heartbeat.failed", {"error": str(exc)}, logging.WARNING)
 
     def _ready(self) -> tuple[bool, str]:
-        if self._engine is None:
-            return False, "the engine (dispatcher and applier) is not running"
         return self._engine.ready()

@@ -220,9 +220,9 @@ def write(db: Database) -> Iterator[Database]:
         if opened is not None:
             opened.after_commit = {}
             opened.lock.release()
-    for action in actions.values():
-        assert opened is not None
-        action(opened.path)
+    if opened is not None:
+        for action in actions.values():
+            action(opened.path)
 
 
 def _stored(value: Any) -> Any:

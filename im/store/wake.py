@@ -80,24 +80,15 @@ class Listener:
         self._thread = threading.Thread(target=self._run, name="im-wake", daemon=True)
         self._thread.start()
 
-    @property
-    def listening(self) -> bool:
-        return self._sock is not None
-
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
         while True:
             try:
                 kinds = {sock.recv(16)}
-                sock.setblocking(False)
-                try:
+                with contextlib.suppress(BlockingIOError):
                     while True:  # everything already waiting: one look covers it all
-                        kinds.add(sock.recv(16))
-                except BlockingIOError:
-                    pass
-                finally:
-                    sock.setblocking(True)
+                        kinds.add(sock.recv(16, socket.MSG_DONTWAIT))
             except OSError:
                 return  # closed
             if b"" in kinds:  # close() sends an empty datagram to end the loop
@@ -107,6 +98,8 @@ class Listener:
     def close(self) -> None:
         if self._sock is None:
             return
+        # a blocking send of its own: the shared sender drops a datagram when the buffer is
+        # full, and this one must arrive for the thread to end
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
             sock.sendto(b"", self._sock.getsockname())
         if self._thread is not None:
